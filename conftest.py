@@ -1,0 +1,151 @@
+"""Shared pytest fixtures: the real model files, a real registry server, a real `power serve`.
+
+Model files are prepared once by `scripts/models.py` into `.models/` (git-ignored) from their PyPI
+packages; the registry is Debian's `docker-registry` on a free loopback port; the server is a
+`power serve` subprocess on a free loopback port with a temporary store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import models as test_models  # noqa: E402  (scripts/models.py)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    """Poll `url` until it answers (a start-up wait, not a test timing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before answering {url}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+# ---------------------------------------------------------------- model files
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return test_models.DEFAULT_DIR
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(models_dir: Path) -> Path:
+    """The base model gemma-3-270m Q4_K_M (no chat template)."""
+    return test_models.gemma(models_dir)
+
+
+@pytest.fixture(scope="session")
+def qwen_gguf(models_dir: Path) -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M: a real chat template with tools."""
+    return test_models.qwen(models_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 (safetensors)."""
+    return test_models.minilm_folder()
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf(models_dir: Path) -> Path:
+    """all-MiniLM-L6-v2 converted to GGUF by power's own converter."""
+    return test_models.minilm(models_dir)
+
+
+# ---------------------------------------------------------------- registry server
+
+
+@pytest.fixture(scope="session")
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real OCI registry (Debian's docker-registry) on loopback; yields `127.0.0.1:PORT`."""
+    binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+    if not os.path.exists(binary):
+        pytest.fail("docker-registry is not installed (the test command installs it)")
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: error}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n"
+    )
+    process = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v2/", process, timeout=30)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- power serve
+
+
+@contextlib.contextmanager
+def run_power_server(store: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `power serve` on a free loopback port with `store` as its model store."""
+    port = free_port()
+    full_env = dict(os.environ)
+    full_env.update(
+        {
+            "POWER_HOST": f"127.0.0.1:{port}",
+            "POWER_MODELS": str(store),
+            "POWER_NUM_PARALLEL": "4",
+            "POWER_NUM_THREAD": "2",
+        }
+    )
+    full_env.update(env or {})
+    log_path = store.parent / f"server-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "power", "serve"], env=full_env, stdout=log, stderr=log
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(base_url + "/", process)
+            yield base_url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def power_server(tmp_path: Path) -> Iterator[str]:
+    """A fresh `power serve` with an empty store; yields its base URL."""
+    store = tmp_path / "models"
+    store.mkdir()
+    with run_power_server(store) as url:
+        yield url
