@@ -1,0 +1,357 @@
+"""Thin owners of llama.cpp's C resources, through llama-cpp-python's low-level ctypes API.
+
+Nothing here knows about trio, requests or HTTP. Each class owns one C object and frees it in
+`close()` (idempotent). None of these objects is thread-safe: the engine's step loop calls them
+from one worker thread at a time (see `runner.py`).
+
+- `LlamaModel`: the weights and the vocabulary (tokenize, token pieces, metadata).
+- `LlamaContext`: one context with `n_seq_max` sequences and their KV cache.
+- `Batch`: a reusable `llama_batch` with numpy views on its arrays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from pathlib import Path
+
+import attrs
+import llama_cpp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@llama_cpp.llama_log_callback
+def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # Referenced from module scope for the life of the process: C keeps calling it.
+    if _LOG_LLAMA:
+        try:
+            log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+        except Exception:  # noqa: BLE001 - never raise into C
+            pass
+
+
+_LOG_LLAMA = bool(os.environ.get("POWER_DEBUG") or os.environ.get("OLLAMA_DEBUG"))
+
+
+def ensure_backend(numa: bool = False) -> None:
+    """Initialise llama.cpp once per process and route its log through `logging`."""
+    global _backend_ready
+    with _backend_lock:
+        if _backend_ready:
+            return
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        if numa:
+            llama_cpp.llama_numa_init(1)  # GGML_NUMA_STRATEGY_DISTRIBUTE
+        _backend_ready = True
+
+
+class LlamaError(RuntimeError):
+    """llama.cpp refused a model, a context or a batch."""
+
+
+@attrs.frozen
+class ModelLoadParams:
+    """How to load weights: the load-time options that belong to the model (not the context)."""
+
+    num_gpu: int = -1  # layers to offload; -1 = all that fit (llama.cpp: negative = all)
+    main_gpu: int = 0
+    use_mmap: bool | None = None
+    use_mlock: bool = False
+    numa: bool = False
+    vocab_only: bool = False
+
+
+class LlamaModel:
+    """Loaded weights and vocabulary. Frees them in `close()`."""
+
+    def __init__(self, path: str | Path, params: ModelLoadParams = ModelLoadParams()) -> None:
+        ensure_backend(params.numa)
+        self.path = Path(path)
+        mparams = llama_cpp.llama_model_default_params()
+        if params.num_gpu >= 0:
+            mparams.n_gpu_layers = params.num_gpu
+        else:
+            mparams.n_gpu_layers = 999 if llama_cpp.llama_supports_gpu_offload() else 0
+        mparams.main_gpu = params.main_gpu
+        mparams.vocab_only = params.vocab_only
+        mode = llama_cpp.LLAMA_LOAD_MODE_AUTO
+        if params.use_mmap is False:
+            mode = 2 if params.use_mlock else 0  # MLOCK / NONE
+        elif params.use_mlock:
+            mode = 3  # MMAP_MLOCK
+        elif params.use_mmap is True:
+            mode = 1  # MMAP
+        mparams.load_mode = mode
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise LlamaError(f"llama.cpp could not load model {self.path}")
+        self.vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.n_embd = llama_cpp.llama_model_n_embd(self._model)
+        self.n_layer = llama_cpp.llama_model_n_layer(self._model)
+        self.size_bytes = llama_cpp.llama_model_size(self._model)
+        self.n_params = llama_cpp.llama_model_n_params(self._model)
+        self.has_encoder = bool(llama_cpp.llama_model_has_encoder(self._model))
+        self.has_decoder = bool(llama_cpp.llama_model_has_decoder(self._model))
+        self.bos = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.n_swa = llama_cpp.llama_model_n_swa(self._model)
+        self._pieces: dict[int, bytes] = {}
+        self._eog = np.zeros(self.n_vocab, dtype=bool)
+        for token in range(self.n_vocab):
+            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                self._eog[token] = True
+        self.eog_ids = [int(t) for t in np.flatnonzero(self._eog)]
+        self._lora: list[ctypes.c_void_p] = []
+
+    @property
+    def handle(self) -> ctypes.c_void_p:
+        if not self._model:
+            raise LlamaError("model is closed")
+        return self._model
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = llama_cpp.llama_model_meta_val_str(self.handle, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            llama_cpp.llama_model_meta_val_str(self.handle, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def architecture(self) -> str:
+        return self.meta("general.architecture") or "unknown"
+
+    def pooling_type(self) -> int:
+        value = self.meta(f"{self.architecture()}.pooling_type")
+        return int(value) if value is not None else llama_cpp.LLAMA_POOLING_TYPE_NONE
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._eog[token])
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(
+            self.vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+            if n < 0:
+                raise LlamaError("tokenization failed")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (special tokens rendered as their text)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        piece = buf.raw[:n]
+        self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def load_lora(self, path: str | Path) -> ctypes.c_void_p:
+        adapter = llama_cpp.llama_adapter_lora_init(self.handle, str(path).encode())
+        if not adapter:
+            raise LlamaError(f"llama.cpp could not load adapter {path}")
+        self._lora.append(adapter)
+        return adapter
+
+    def close(self) -> None:
+        for adapter in self._lora:
+            llama_cpp.llama_adapter_lora_free(adapter)
+        self._lora.clear()
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+
+KV_CACHE_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7}
+
+
+@attrs.frozen
+class ContextParams:
+    n_ctx_per_seq: int = 4096
+    n_seq_max: int = 4
+    n_batch: int = 512
+    n_threads: int = 0
+    n_threads_batch: int = 0
+    flash_attention: bool | None = None
+    kv_cache_type: str = "f16"
+    embeddings: bool = False
+    pooling: int = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+    kv_unified: bool = False
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class LlamaContext:
+    """One llama.cpp context: `n_seq_max` sequences, each with up to `n_ctx_per_seq` cells."""
+
+    def __init__(self, model: LlamaModel, params: ContextParams) -> None:
+        self.model = model
+        self.params = params
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = params.n_ctx_per_seq * params.n_seq_max
+        cparams.n_batch = params.n_batch
+        cparams.n_ubatch = params.n_batch
+        cparams.n_seq_max = params.n_seq_max
+        threads = params.n_threads or default_threads()
+        cparams.n_threads = threads
+        cparams.n_threads_batch = params.n_threads_batch or threads
+        if params.flash_attention is None:
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        else:
+            cparams.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if params.flash_attention
+                else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        kv_type = KV_CACHE_TYPES.get(params.kv_cache_type.lower())
+        if kv_type is None:
+            raise LlamaError(f"unknown KV cache type {params.kv_cache_type!r}")
+        cparams.type_k = kv_type
+        cparams.type_v = kv_type
+        cparams.embeddings = params.embeddings
+        cparams.pooling_type = params.pooling
+        cparams.kv_unified = params.kv_unified
+        cparams.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(model.handle, cparams)
+        if not self._ctx:
+            raise LlamaError("llama.cpp could not create a context (out of memory?)")
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self._ctx)
+        self.n_batch = llama_cpp.llama_n_batch(self._ctx)
+        self.n_seq_max = llama_cpp.llama_n_seq_max(self._ctx)
+        self.memory = llama_cpp.llama_get_memory(self._ctx)
+        self.can_shift = bool(self.memory) and bool(llama_cpp.llama_memory_can_shift(self.memory))
+        self.n_vocab = model.n_vocab
+
+    @property
+    def handle(self) -> ctypes.c_void_p:
+        if not self._ctx:
+            raise LlamaError("context is closed")
+        return self._ctx
+
+    def set_lora(self, adapters: list[tuple[ctypes.c_void_p, float]]) -> None:
+        n = len(adapters)
+        arr = (ctypes.c_void_p * max(n, 1))(*[a for a, _ in adapters])
+        scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])
+        if llama_cpp.llama_set_adapters_lora(self.handle, arr, n, scales) != 0:
+            raise LlamaError("llama.cpp refused the LoRA adapters")
+
+    def decode(self, batch: Batch) -> int:
+        return llama_cpp.llama_decode(self.handle, batch.raw)
+
+    def logits_row(self, i: int) -> np.ndarray:
+        """A numpy view of the logits of batch row `i`; valid until the next decode."""
+        ptr = llama_cpp.llama_get_logits_ith(self.handle, i)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def embedding_seq(self, seq: int, n_embd: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_embeddings_seq(self.handle, seq)
+        if not ptr:
+            raise LlamaError("no pooled embedding for sequence")
+        return np.ctypeslib.as_array(ptr, shape=(n_embd,)).copy()
+
+    def embedding_ith(self, i: int, n_embd: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_embeddings_ith(self.handle, i)
+        if not ptr:
+            raise LlamaError("no embedding for batch row")
+        return np.ctypeslib.as_array(ptr, shape=(n_embd,)).copy()
+
+    # KV cache sequence operations -------------------------------------------------
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        if not self.memory:
+            return True
+        return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1))
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        llama_cpp.llama_memory_seq_add(self.memory, seq, p0, p1, delta)
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def seq_pos_max(self, seq: int) -> int:
+        if not self.memory:
+            return -1
+        return llama_cpp.llama_memory_seq_pos_max(self.memory, seq)
+
+    def clear(self) -> None:
+        if self.memory:
+            llama_cpp.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+
+class Batch:
+    """A reusable `llama_batch` of up to `capacity` tokens, one sequence id per token."""
+
+    def __init__(self, capacity: int, n_seq_max: int = 1) -> None:
+        self.capacity = capacity
+        self.raw = llama_cpp.llama_batch_init(capacity, 0, n_seq_max)
+        self.token = np.ctypeslib.as_array(self.raw.token, shape=(capacity,))
+        self.pos = np.ctypeslib.as_array(self.raw.pos, shape=(capacity,))
+        self.n_seq_id = np.ctypeslib.as_array(self.raw.n_seq_id, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(self.raw.logits, shape=(capacity,))
+        self._seq_rows = [self.raw.seq_id[i] for i in range(capacity)]
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        self.n_tokens = 0
+        self.raw.n_tokens = 0
+
+    def add(self, seq: int, tokens: list[int], start_pos: int, want_last_logits: bool) -> int:
+        """Append `tokens` of sequence `seq` at positions from `start_pos`; return the row of the
+        last token (the one whose logits are wanted when `want_last_logits`)."""
+        n = len(tokens)
+        i0 = self.n_tokens
+        i1 = i0 + n
+        if i1 > self.capacity:
+            raise LlamaError("batch overflow")
+        self.token[i0:i1] = tokens
+        self.pos[i0:i1] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+        self.n_seq_id[i0:i1] = 1
+        self.logits[i0:i1] = 0
+        rows = self._seq_rows
+        for i in range(i0, i1):
+            rows[i][0] = seq
+        if want_last_logits:
+            self.logits[i1 - 1] = 1
+        self.n_tokens = i1
+        self.raw.n_tokens = i1
+        return i1 - 1
+
+    def close(self) -> None:
+        if self.raw is not None:
+            llama_cpp.llama_batch_free(self.raw)
+            self.raw = None

@@ -1,0 +1,228 @@
+"""The pure slot scheduler of one loaded model: admission, prompt cache, batch planning.
+
+No trio, no ctypes: the step loop (`runner.py`) asks for a plan, executes it against llama.cpp,
+then commits what came out. Tests drive it with hand-made results.
+
+Slot lifecycle::
+
+    IDLE --admit--> PROMPT --(last prompt chunk decoded)--> GENERATING --release--> IDLE
+      ^               |                                         |
+      +---release-----+ (cancelled before its first token)      +--(shift | finish)
+
+An IDLE slot keeps the KV cells of its last sequence (`cached`): a new request whose prompt
+starts with those tokens reuses them and evaluates only the rest (the prompt cache).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Any
+
+import attrs
+
+
+class SlotState(enum.Enum):
+    IDLE = "idle"
+    PROMPT = "prompt"
+    GENERATING = "generating"
+
+
+@attrs.define(eq=False)
+class Slot:
+    """One llama.cpp sequence id and what its KV cells hold."""
+
+    seq_id: int
+    state: SlotState = SlotState.IDLE
+    cached: list[int] = attrs.field(factory=list)  # tokens whose KV cells are stored, by position
+    pending: list[int] = attrs.field(factory=list)  # prompt tokens still to evaluate
+    next_token: int | None = None  # sampled, to be fed at the next step
+    request: Any = None
+    last_used: int = 0
+
+    @property
+    def n_past(self) -> int:
+        return len(self.cached)
+
+
+@attrs.frozen
+class Admission:
+    """A request got a slot; the runner must drop the slot's cells from `n_reuse` on."""
+
+    slot: Slot
+    request: Any
+    n_reuse: int
+
+
+@attrs.frozen
+class PlanEntry:
+    slot: Slot
+    tokens: list[int]
+    start_pos: int
+    wants_logits: bool
+
+
+@attrs.frozen
+class Shift:
+    """Drop `n_discard` cells after the first `n_keep` of a full sequence, then slide the rest."""
+
+    slot: Slot
+    n_keep: int
+    n_discard: int
+
+
+@attrs.define
+class StepPlan:
+    entries: list[PlanEntry] = attrs.field(factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(e.tokens) for e in self.entries)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    """Slots of one context, a FIFO of waiting requests, and the per-step plan.
+
+    `n_ctx_seq` is the number of cells one sequence may hold; `n_batch` the tokens per decode.
+    Requests are opaque objects with a `prompt` attribute (list of token ids).
+    """
+
+    def __init__(self, n_slots: int, n_ctx_seq: int, n_batch: int) -> None:
+        self.slots = [Slot(seq_id=i) for i in range(n_slots)]
+        self.n_ctx_seq = n_ctx_seq
+        self.n_batch = n_batch
+        self.waiting: deque[Any] = deque()
+        self._step = 0
+        self._rotate = 0
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def n_active(self) -> int:
+        return sum(1 for s in self.slots if s.state is not SlotState.IDLE)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or any(
+            s.state is SlotState.PROMPT or (s.state is SlotState.GENERATING and s.next_token is not None)
+            for s in self.slots
+        )
+
+    # ------------------------------------------------------------------ admission
+    def submit(self, request: Any) -> None:
+        self.waiting.append(request)
+
+    def withdraw(self, request: Any) -> bool:
+        """Remove a request that has not got a slot yet."""
+        try:
+            self.waiting.remove(request)
+        except ValueError:
+            return False
+        return True
+
+    def admit(self) -> list[Admission]:
+        """Give waiting requests (in order) the free slot that caches most of their prompt."""
+        admitted: list[Admission] = []
+        while self.waiting:
+            free = [s for s in self.slots if s.state is SlotState.IDLE]
+            if not free:
+                break
+            request = self.waiting.popleft()
+            prompt: list[int] = request.prompt
+            best = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
+            n_reuse = min(common_prefix(best.cached, prompt), max(len(prompt) - 1, 0))
+            best.cached = best.cached[:n_reuse]
+            best.pending = list(prompt[n_reuse:])
+            best.state = SlotState.PROMPT
+            best.request = request
+            best.next_token = None
+            self._step += 1
+            best.last_used = self._step
+            admitted.append(Admission(best, request, n_reuse))
+        return admitted
+
+    def forget(self, slot: Slot) -> None:
+        """The slot's cells were cleared (e.g. a partial removal was refused)."""
+        slot.cached = []
+
+    # ------------------------------------------------------------------ context shift
+    def shifts_needed(self, can_shift: Any) -> tuple[list[Shift], list[Slot]]:
+        """Generating slots with no room for one more token: shift them, or list them as full.
+
+        `can_shift(slot) -> (allowed: bool, n_keep: int)` tells, per slot, whether its request
+        allows shifting and how many leading tokens it keeps.
+        """
+        shifts: list[Shift] = []
+        full: list[Slot] = []
+        for slot in self.slots:
+            if slot.state is not SlotState.GENERATING or slot.next_token is None:
+                continue
+            if slot.n_past + 1 <= self.n_ctx_seq:
+                continue
+            allowed, n_keep = can_shift(slot)
+            n_keep = max(0, min(n_keep, slot.n_past - 2))
+            n_discard = (slot.n_past - n_keep) // 2
+            if allowed and n_discard > 0:
+                shifts.append(Shift(slot, n_keep, n_discard))
+                del slot.cached[n_keep : n_keep + n_discard]
+            else:
+                full.append(slot)
+        return shifts, full
+
+    # ------------------------------------------------------------------ planning
+    def plan(self) -> StepPlan:
+        """One token for every generating slot, then prompt chunks round-robin up to n_batch."""
+        plan = StepPlan()
+        budget = self.n_batch
+        for slot in self.slots:
+            if slot.state is SlotState.GENERATING and slot.next_token is not None:
+                plan.entries.append(PlanEntry(slot, [slot.next_token], slot.n_past, True))
+                budget -= 1
+        prompting = [s for s in self.slots if s.state is SlotState.PROMPT and s.pending]
+        if prompting and budget > 0:
+            k = self._rotate % len(prompting)
+            prompting = prompting[k:] + prompting[:k]
+            self._rotate += 1
+            remaining = len(prompting)
+            for slot in prompting:
+                if budget <= 0:
+                    break
+                share = max(1, budget // remaining)
+                remaining -= 1
+                n = min(len(slot.pending), share)
+                chunk = slot.pending[:n]
+                last = n == len(slot.pending)
+                plan.entries.append(PlanEntry(slot, chunk, slot.n_past, last))
+                budget -= n
+        return plan
+
+    def commit(self, plan: StepPlan, sampled: dict[int, int | None]) -> None:
+        """Record what a decoded plan stored. `sampled[seq_id]` is the next token of each slot
+        whose logits came out (None when its request has finished and needs no more tokens)."""
+        for entry in plan.entries:
+            slot = entry.slot
+            slot.cached.extend(entry.tokens)
+            if slot.state is SlotState.PROMPT:
+                del slot.pending[: len(entry.tokens)]
+                if entry.wants_logits:
+                    slot.state = SlotState.GENERATING
+            if entry.wants_logits:
+                slot.next_token = sampled.get(slot.seq_id)
+
+    def release(self, slot: Slot) -> None:
+        """The slot's request is over; its cells stay cached for the next similar prompt.
+
+        A token sampled but never fed is not in the cache; prompt tokens never evaluated neither.
+        """
+        slot.state = SlotState.IDLE
+        slot.request = None
+        slot.pending = []
+        slot.next_token = None
+        self._step += 1
+        slot.last_used = self._step

@@ -1,0 +1,87 @@
+"""Values that cross the engine's boundary: what a caller asks for and what it gets back."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from power.options import Options
+
+
+class DoneReason(str, enum.Enum):
+    STOP = "stop"  # end-of-generation token or a stop string
+    LENGTH = "length"  # num_predict reached or the context is full and cannot shift
+    LOAD = "load"
+    UNLOAD = "unload"
+
+
+class EngineError(RuntimeError):
+    """A request the engine cannot serve (a 400 or 500 at the HTTP edge, as `status` says)."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.frozen
+class TopLogprob:
+    token: str
+    token_id: int
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@attrs.frozen
+class TokenLogprob:
+    token: str
+    token_id: int
+    logprob: float
+    bytes: tuple[int, ...]
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@attrs.frozen
+class GenerationParams:
+    """One generation: the prompt as token ids and how to sample the continuation.
+
+    `truncate`: when the prompt does not fit the context, keep its first `num_keep` tokens and its
+    end (True), or refuse (False). `shift`: when generation fills the context, drop half of what
+    follows `num_keep` and go on (True), or stop with `length` (False).
+    """
+
+    prompt: tuple[int, ...]
+    options: Options = attrs.field(factory=Options)
+    grammar: str | None = None  # GBNF
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool = True
+    shift: bool = True
+
+
+@attrs.frozen
+class Chunk:
+    """A piece of a generation's output. The last one has `done=True` and the metrics.
+
+    Durations are nanoseconds. `context` (on the last chunk) is the prompt plus every generated
+    token, for Ollama's `context` field.
+    """
+
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    done: bool = False
+    done_reason: DoneReason | None = None
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    context: tuple[int, ...] = ()
+    truncated: bool = False
+
+
+@attrs.frozen
+class EmbedResult:
+    embeddings: list[list[float]]
+    prompt_eval_count: int
+    duration_ns: int
