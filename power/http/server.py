@@ -1,0 +1,101 @@
+"""`power serve`: the model manager and hypercorn's trio worker in one nursery.
+
+    trio.run(serve, Settings.from_env())
+
+SIGINT/SIGTERM trigger a graceful shutdown: hypercorn stops accepting, gives in-flight streams
+its graceful timeout, then the manager unloads every model (each runner finishes its current
+decode before its C resources are freed).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from power.config import Settings
+from power.engine.manager import ModelManager
+from power.http.app import ServerState, create_app
+from power.http.metrics import Metrics
+from power.registry.store import Store
+
+log = logging.getLogger("power.server")
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.accesslog = "-" if settings.debug else None
+    config.errorlog = "-"
+    config.graceful_timeout = 3.0
+    config.keep_alive_timeout = 120
+    config.h11_max_incomplete_size = 64 * 1024
+    return config
+
+
+async def _shutdown_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received signal %s, shutting down", signal.Signals(signum).name)
+            return
+
+
+async def serve(settings: Settings, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the server until a signal (or cancellation); `task_status.started(urls)` when bound."""
+    store = Store(settings.models, noprune=settings.noprune)
+    settings.models.mkdir(parents=True, exist_ok=True)
+    try:
+        pruned = store.prune()
+        if pruned:
+            log.info("pruned %d unreferenced blobs", len(pruned))
+    except OSError as exc:
+        log.warning("could not prune the store: %s", exc)
+    metrics = Metrics()
+    manager = ModelManager(
+        max_loaded=settings.max_loaded_models,
+        max_queue=settings.max_queue,
+        default_keep_alive=settings.keep_alive,
+        on_event=metrics.model_event,
+    )
+    state = ServerState(settings=settings, store=store, manager=manager, metrics=metrics)
+    app = create_app(state)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        try:
+            await hypercorn_serve(
+                app,
+                hypercorn_config(settings),
+                shutdown_trigger=_shutdown_on_signal,
+                task_status=task_status,
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await manager.unload_all()
+            nursery.cancel_scope.cancel()
+
+
+def serve_main() -> int:
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=logging.DEBUG if settings.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.info(
+        "power listening on %s:%d (store %s, %d parallel sequences per model)",
+        settings.host,
+        settings.port,
+        settings.models,
+        settings.num_parallel,
+    )
+    try:
+        trio.run(serve, settings)
+    except KeyboardInterrupt:
+        pass
+    return 0
