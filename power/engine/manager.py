@@ -134,7 +134,12 @@ class ModelManager:
 
     @contextlib.asynccontextmanager
     async def use(
-        self, name: str, spec: LoadSpec, *, keep_alive: float | None = None, info: dict | None = None
+        self,
+        name: str,
+        spec: LoadSpec,
+        *,
+        keep_alive: float | None = None,
+        info: dict | None = None,
     ) -> AsyncIterator[LoadedModel]:
         """Hold a reference to `name` loaded per `spec` for the duration of the block."""
         self.check_queue()
@@ -220,7 +225,9 @@ class ModelManager:
                 i for i in self.instances.values() if i.refs == 0 and i.state is InstanceState.READY
             ]
             if idle:
-                victim = min(idle, key=lambda i: i.expires_at if i.expires_at is not None else math.inf)
+                victim = min(
+                    idle, key=lambda i: i.expires_at if i.expires_at is not None else math.inf
+                )
                 log.info("evicting %s to make room", victim.name)
                 self.on_event("evict", victim.name)
                 await self._unload(victim)
@@ -251,7 +258,9 @@ class ModelManager:
         instance.ready.set()
         self.on_event("load", instance.name)
 
-    async def _serve(self, instance: Instance, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def _serve(
+        self, instance: Instance, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
         assert instance.loaded is not None
         try:
             with trio.CancelScope() as scope:

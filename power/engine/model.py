@@ -108,12 +108,18 @@ class LoadedModel:
                 model, context, n_slots=context.n_seq_max, n_ctx_seq=n_ctx_seq, limiter=self.limiter
             )
         self.load_duration_ns = 0
+        self.loaded_at_ns = 0
+
+    def load_ns_since(self, t_request_ns: int) -> int:
+        """The load time, if this model was loaded while the request starting then waited."""
+        return self.load_duration_ns if self.loaded_at_ns >= t_request_ns else 0
 
     @classmethod
     async def open(cls, spec: LoadSpec) -> LoadedModel:
         t0 = time.perf_counter_ns()
         loaded = await trio.to_thread.run_sync(cls._open_sync, spec)
         loaded.load_duration_ns = time.perf_counter_ns() - t0
+        loaded.loaded_at_ns = time.perf_counter_ns()
         return loaded
 
     @classmethod
@@ -182,8 +188,23 @@ class LoadedModel:
         self.context.close()
         self.model.close()
 
+    def kv_bytes(self) -> int:
+        """Approximate KV-cache bytes: cells × layers × embedding × K and V × element size."""
+        element = {"f32": 4, "f16": 2, "q8_0": 1}.get(self.spec.kv_cache_type, 1)
+        return self.context.n_ctx * self.model.n_layer * self.model.n_embd * 2 * element // 4
+
+    def gpu_layers(self) -> int:
+        """Layers offloaded to a GPU (0 on a CPU-only build)."""
+        if not llama_cpp.llama_supports_gpu_offload():
+            return 0
+        if self.spec.num_gpu < 0:
+            return self.model.n_layer + 1
+        return min(self.spec.num_gpu, self.model.n_layer + 1)
+
     # ------------------------------------------------------------------ tokens
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         return self.model.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def detokenize(self, tokens: list[int]) -> str:
@@ -263,12 +284,8 @@ class LoadedModel:
                 raise EngineError("cannot embed an empty input", status=400)
             token_lists.append(tokens)
         if dimensions is not None and not (0 < dimensions <= self.model.n_embd):
-            raise EngineError(
-                f"dimensions must be between 1 and {self.model.n_embd}", status=400
-            )
-        vectors = await trio.to_thread.run_sync(
-            self._embed_sync, token_lists, limiter=self.limiter
-        )
+            raise EngineError(f"dimensions must be between 1 and {self.model.n_embd}", status=400)
+        vectors = await trio.to_thread.run_sync(self._embed_sync, token_lists, limiter=self.limiter)
         out = []
         for vector in vectors:
             if dimensions is not None:

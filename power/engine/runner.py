@@ -214,9 +214,7 @@ class Runner:
                 if not plan.entries:
                     await trio.sleep(0)
                     continue
-                sampled = await trio.to_thread.run_sync(
-                    self._execute, plan, limiter=self.limiter
-                )
+                sampled = await trio.to_thread.run_sync(self._execute, plan, limiter=self.limiter)
                 self._commit(plan, sampled)
                 self.n_steps += 1
         except Exception as exc:  # the loop must never take the server down with it
@@ -345,7 +343,9 @@ class Runner:
                 gen.t_prompt_end = now
             self._on_token(slot, gen, token, logprob)
 
-    def _on_token(self, slot: Slot, gen: Generation, token: int, logprob: TokenLogprob | None) -> None:
+    def _on_token(
+        self, slot: Slot, gen: Generation, token: int, logprob: TokenLogprob | None
+    ) -> None:
         if self.model.is_eog(token):
             slot.next_token = None
             self._finish(slot, DoneReason.STOP)

@@ -110,7 +110,8 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.waiting) or any(
-            s.state is SlotState.PROMPT or (s.state is SlotState.GENERATING and s.next_token is not None)
+            s.state is SlotState.PROMPT
+            or (s.state is SlotState.GENERATING and s.next_token is not None)
             for s in self.slots
         )
 

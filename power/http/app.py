@@ -87,7 +87,8 @@ def create_app(state: ServerState) -> QuartTrio:
     app = QuartTrio("power")
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = None
-    app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
+    # Blob uploads stream to disk and may be gigabytes: the JSON limit is applied per route below.
+    app.config["MAX_CONTENT_LENGTH"] = None
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
     app.json.ensure_ascii = False
@@ -97,6 +98,11 @@ def create_app(state: ServerState) -> QuartTrio:
     @app.before_request
     async def _guards() -> Response | None:
         g.t_start = time.perf_counter()
+        if not request.path.startswith("/api/blobs/"):
+            length = request.content_length
+            if length is not None and length > MAX_JSON_BODY:
+                return error_response(413, "request body too large")
+            request.body._max_content_length = MAX_JSON_BODY  # chunked bodies too
         if guard_hosts and not host_allowed(request.host):
             return error_response(403, "forbidden: host not allowed")
         origin = request.headers.get("Origin")
@@ -136,6 +142,17 @@ def create_app(state: ServerState) -> QuartTrio:
         }
         return error_response(status, messages.get(status, exc.description or exc.name))
 
+    from power.engine.types import EngineError
+    from power.http.schemas import RequestError
+
+    @app.errorhandler(RequestError)
+    async def _request_error(exc: RequestError) -> Response:
+        return error_response(exc.status, exc.message)
+
+    @app.errorhandler(EngineError)
+    async def _engine_error(exc: EngineError) -> Response:
+        return error_response(exc.status, str(exc))
+
     from power.http import routes_misc, routes_models, routes_native, routes_openai
 
     app.register_blueprint(routes_misc.blueprint)
@@ -148,7 +165,9 @@ def create_app(state: ServerState) -> QuartTrio:
 def _cors(response: Response, origin: str) -> None:
     response.headers["Access-Control-Allow-Origin"] = origin
     response.headers["Vary"] = "Origin"
-    response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+    response.headers["Access-Control-Allow-Methods"] = (
+        "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+    )
     response.headers["Access-Control-Allow-Headers"] = (
         "Authorization, Content-Type, User-Agent, Accept, X-Requested-With, "
         "OpenAI-Beta, x-stainless-arch, x-stainless-os, x-stainless-package-version, "

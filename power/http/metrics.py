@@ -32,7 +32,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.started = time.time()
         self.requests = Counter(
-            "power_http_requests", "HTTP requests answered", ["route", "status"], registry=self.registry
+            "power_http_requests",
+            "HTTP requests answered",
+            ["route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "power_http_request_seconds",
@@ -55,11 +58,18 @@ class Metrics:
             "power_generated_tokens", "Tokens generated", ["model"], registry=self.registry
         )
         self.model_events = Counter(
-            "power_model_events", "Model loads, unloads, evictions, expiries", ["event"], registry=self.registry
+            "power_model_events",
+            "Model loads, unloads, evictions, expiries",
+            ["event"],
+            registry=self.registry,
         )
-        self.loaded_models = Gauge("power_loaded_models", "Models in memory", registry=self.registry)
+        self.loaded_models = Gauge(
+            "power_loaded_models", "Models in memory", registry=self.registry
+        )
         self.queue_depth = Gauge(
-            "power_queue_depth", "Requests waiting for a model or a sequence", registry=self.registry
+            "power_queue_depth",
+            "Requests waiting for a model or a sequence",
+            registry=self.registry,
         )
         self.active_sequences = Gauge(
             "power_active_sequences", "Sequences being generated", registry=self.registry

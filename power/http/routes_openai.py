@@ -1,0 +1,169 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
+
+Requests are translated to native ones (`openai_compat`), run through the same jobs as
+/api/chat and /api/generate, and the native chunks translated back (SSE when streaming, ending
+with `data: [DONE]`). Errors use OpenAI's shape. Unlike Ollama, `options` (any Ollama option,
+`num_ctx` included) is accepted as an extension field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, jsonify, request
+
+from power.engine.types import EngineError
+from power.http import openai_compat as oa
+from power.http.app import get_state
+from power.http.inference import effective_options, merge_stream, resolve_model
+from power.http.jobs import chat_job, embed_texts, generate_job
+from power.http.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from power.http.schemas import RequestError, parse_request
+from power.http.streaming import SSE_DONE, sse_event
+from power.registry import models as store_models
+
+blueprint = Blueprint("openai", __name__)
+
+
+def openai_error_response(status: int, message: str) -> Response:
+    if status == 404 and message.startswith("model '"):
+        body = oa.openai_error(404, message, param="model", code="model_not_found")
+    else:
+        body = oa.openai_error(status, message)
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+@blueprint.errorhandler(RequestError)
+async def _request_error(exc: RequestError) -> Response:
+    return openai_error_response(exc.status, exc.message)
+
+
+@blueprint.errorhandler(EngineError)
+async def _engine_error(exc: EngineError) -> Response:
+    return openai_error_response(exc.status, str(exc))
+
+
+async def _answer(
+    outcome: Any,
+    *,
+    stream: bool,
+    kind: str,
+    translator: Any,
+    whole: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Response:
+    if isinstance(outcome, dict):  # loaded/unloaded: an empty completion
+        return jsonify(whole(outcome))
+    if not stream:
+        async with contextlib.aclosing(outcome) as source:
+            chunks = [c async for c in source]
+        return jsonify(whole(merge_stream(chunks, kind)))
+    try:
+        first = await outcome.__anext__()
+    except BaseException:
+        await outcome.aclose()
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for item in translator.translate(first):
+                yield sse_event(item)
+            async for native in outcome:
+                for item in translator.translate(native):
+                    yield sse_event(item)
+        except (RequestError, EngineError) as exc:
+            status = getattr(exc, "status", 500)
+            yield sse_event(oa.openai_error(status, str(exc)))
+        finally:
+            await outcome.aclose()
+        yield SSE_DONE
+
+    response = Response(body(), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.timeout = None
+    return response
+
+
+@blueprint.route("/v1/chat/completions", methods=["POST"])
+async def chat_completions() -> Response:
+    t_start = time.perf_counter_ns()
+    req = parse_request(ChatCompletionRequest, await request.get_data())
+    native = oa.chat_request_from_openai(req)
+    outcome = await chat_job(get_state(), native, t_start=t_start)
+    translator = oa.ChatCompletionStream(native.model, include_usage=req.include_usage)
+    return await _answer(
+        outcome,
+        stream=req.stream,
+        kind="chat",
+        translator=translator,
+        whole=lambda final: oa.chat_completion(final, completion_id=translator.id),
+    )
+
+
+@blueprint.route("/v1/completions", methods=["POST"])
+async def completions() -> Response:
+    t_start = time.perf_counter_ns()
+    req = parse_request(CompletionRequest, await request.get_data())
+    native = oa.generate_request_from_openai(req)
+    outcome = await generate_job(get_state(), native, t_start=t_start)
+    translator = oa.CompletionStream(native.model, include_usage=req.include_usage)
+    return await _answer(
+        outcome,
+        stream=req.stream,
+        kind="generate",
+        translator=translator,
+        whole=lambda final: oa.text_completion(final, completion_id=translator.id),
+    )
+
+
+@blueprint.route("/v1/embeddings", methods=["POST"])
+async def embeddings() -> Response:
+    state = get_state()
+    req = parse_request(EmbeddingRequest, await request.get_data())
+    native = oa.embed_request_from_openai(req)
+    ref = resolve_model(state, native.model)
+    if "embedding" not in ref.capabilities:
+        raise RequestError(400, f'"{ref.name}" does not support embeddings')
+    if not native.input:
+        raise RequestError(400, "invalid input: input must not be empty")
+    options = effective_options(state, ref, native.options)
+    result, _ = await embed_texts(
+        state,
+        ref,
+        native.input,
+        options=options,
+        keep_alive=native.keep_alive,
+        truncate=native.truncate,
+        dimensions=native.dimensions,
+    )
+    state.metrics.record_generation(ref.name, result.prompt_eval_count, 0)
+    return jsonify(
+        oa.embedding_list(ref.name, result.embeddings, result.prompt_eval_count, req.encoding_format)
+    )
+
+
+async def _stored_models() -> list[tuple[str, Any]]:
+    state = get_state()
+    entries = await trio.to_thread.run_sync(store_models.list_models, state.store)
+    return [(e["name"], _timestamp(e["modified_at"])) for e in entries]
+
+
+def _timestamp(rfc3339: str) -> float:
+    return oa.unix_time(rfc3339)
+
+
+@blueprint.route("/v1/models", methods=["GET"])
+async def list_models() -> Response:
+    return jsonify(oa.model_list(await _stored_models()))
+
+
+@blueprint.route("/v1/models/<path:model_id>", methods=["GET"])
+async def get_model(model_id: str) -> Response:
+    state = get_state()
+    ref = resolve_model(state, model_id)
+    return jsonify(oa.model_object(ref.name, ref.resolved.modified_at))
