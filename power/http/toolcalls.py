@@ -20,8 +20,10 @@ Not recognised: Functionary v3.2's `>>>NAME` and Llama's `<|python_tag|>` python
 `template_hint` (the model's chat template, or any text naming its tool tag) narrows the tags
 watched for in mid-text to those the hint mentions; with no hint, or a hint that mentions none,
 all are watched. Tagged calls are accepted whatever their name; bare JSON only for known tools.
-A tagged block whose body is not a valid call is released as content. Whitespace before a first
-call and between or after calls is dropped; arguments are always a dict.
+A tagged block whose body is not a valid call is released as content. A JSON answer (e.g. with
+`format`) whose first key could begin a call (`name`, `function`, ...) is held until it closes;
+one with any other first key is released at once. Whitespace before a first call and between
+or after calls is dropped; arguments are always a dict.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ def calls_from_json(value: Any) -> list[tuple[str, dict[str, Any]]] | None:
 _CALL_FIRST_KEYS = frozenset(
     {"name", "function", "type", "id", "arguments", "parameters", "args", "index"}
 )
-_FIRST_KEY = re.compile(r'\{\s*"((?:[^"\\]|\\.)*)"\s*:')
+_KEY_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _FENCE_OPEN = re.compile(r"```(?:json)?[ \t]*\n?\s*")
 _FENCE_CLOSE = re.compile(r"\s*```")
 
@@ -185,13 +187,15 @@ def _plausible_object_start(text: str, index: int) -> bool | None:
         return None if len(window) < _KEY_WINDOW else False
     if rest[0] != '"':
         return False
-    match = _FIRST_KEY.match(window)
-    if match is None:
-        closing = re.match(r'"(?:[^"\\]|\\.)*"\s*', rest)
-        if (closing and closing.end() < len(rest)) or len(window) >= _KEY_WINDOW:
-            return False  # a complete string not followed by ':', or an endless key
-        return None
-    return match.group(1) in _CALL_FIRST_KEYS
+    key = _KEY_STRING.match(rest)
+    if key is None:
+        return None if len(window) < _KEY_WINDOW else False
+    if key.group(1) not in _CALL_FIRST_KEYS:
+        return False
+    after = rest[key.end() :].lstrip()
+    if not after:
+        return None if len(window) < _KEY_WINDOW else False
+    return after[0] == ":"
 
 
 def parse_json_calls(
