@@ -149,3 +149,57 @@ def power_server(tmp_path: Path) -> Iterator[str]:
     store.mkdir()
     with run_power_server(store) as url:
         yield url
+
+
+# ---------------------------------------------------------------- a populated store and server
+
+GEMMA_CHAT_TEMPLATE = """{{- range $i, $m := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq $m.Role "user" }}<start_of_turn>user
+{{ $m.Content }}<end_of_turn>
+{{ if $last }}<start_of_turn>model
+{{ end }}
+{{- else if eq $m.Role "assistant" }}<start_of_turn>model
+{{ $m.Content }}{{ if not $last }}<end_of_turn>
+{{ end }}
+{{- end }}
+{{- end }}"""
+
+#: Names the shared test store holds.
+GEMMA = "gemma3:270m"
+QWEN = "qwen2.5-coder:0.5b"
+MINILM = "all-minilm:latest"
+
+
+def populate_store(store_root: Path, gemma: Path, qwen: Path | None, minilm: Path | None) -> None:
+    """Import the real test models into a store at `store_root` (offline, no server)."""
+    from power.registry.models import import_gguf
+    from power.registry.store import Store
+
+    store = Store(store_root)
+    import_gguf(
+        store,
+        GEMMA,
+        gemma,
+        template=GEMMA_CHAT_TEMPLATE,
+        parameters={"stop": ["<end_of_turn>"], "temperature": 0.0, "num_ctx": 1024},
+    )
+    if qwen is not None:
+        # no TEMPLATE layer: the GGUF's Jinja chat template (with its tools section) is used
+        import_gguf(store, QWEN, qwen, parameters={"temperature": 0.0, "num_ctx": 2048})
+    if minilm is not None:
+        import_gguf(store, MINILM, minilm)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory, gemma_gguf, qwen_gguf, minilm_gguf) -> Path:
+    root = tmp_path_factory.mktemp("store") / "models"
+    populate_store(root, gemma_gguf, qwen_gguf, minilm_gguf)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(model_store: Path) -> Iterator[str]:
+    """One `power serve` shared by the HTTP tests, with gemma, qwen and MiniLM in its store."""
+    with run_power_server(model_store, {"POWER_NUM_PARALLEL": "4"}) as url:
+        yield url

@@ -153,6 +153,11 @@ def create_app(state: ServerState) -> QuartTrio:
     async def _engine_error(exc: EngineError) -> Response:
         return error_response(exc.status, str(exc))
 
+    @app.errorhandler(Exception)
+    async def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, f"internal error: {exc}")
+
     from power.http import routes_misc, routes_models, routes_native, routes_openai
 
     app.register_blueprint(routes_misc.blueprint)
