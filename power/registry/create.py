@@ -1,0 +1,546 @@
+"""`create`: build a model in the store from a request shaped like Ollama's /api/create.
+
+The base comes from one of:
+- `from` naming a model in the store: its layers are inherited (each gets `from: <name>`);
+- `files` `{file name: digest}` naming uploaded blobs: GGUF files (model, projector or adapter,
+  told apart by their metadata) or a safetensors folder's files (converted to GGUF);
+- power's extension: `from` a local path (`/…`, `./…`, `../…`, `~/…`) of a GGUF file (copied
+  in) or of a safetensors folder (converted by `power.registry.convert.convert_folder`). The CLI
+  uses it for `FROM ./folder` when the server runs on the same machine.
+Then `adapters`, an optional `quantize` of the model layer (F16/BF16/F32 sources only, through
+llama.cpp's `llama_model_quantize`), and layers for template, system, license, params and
+messages, as Ollama lays them out (params are merged with inherited ones; the other text
+layers replace inherited ones). The config blob and finally the manifest are written.
+
+Progress dicts carry Ollama's status texts: "parsing GGUF", "converting model", "quantizing F16
+model to Q4_K_M", "using existing layer sha256:…", "creating new layer sha256:…",
+"writing manifest", "success". A failing create writes no manifest; blobs it created that no
+manifest references are removed again, and its temporaries are deleted.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from power.messages import Message
+from power.options import OptionError, coerce_option
+from power.registry.gguf_meta import (
+    GGUFError,
+    GGUFInfo,
+    file_type_from_name,
+    file_type_name,
+    is_gguf_file,
+    read_gguf_info_cached,
+)
+from power.registry.names import ModelName
+from power.registry.store import (
+    MEDIA_TYPE_ADAPTER,
+    MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_LICENSE,
+    MEDIA_TYPE_MESSAGES,
+    MEDIA_TYPE_MODEL,
+    MEDIA_TYPE_PARAMS,
+    MEDIA_TYPE_PROJECTOR,
+    MEDIA_TYPE_PROMPT,
+    MEDIA_TYPE_SYSTEM,
+    MEDIA_TYPE_TEMPLATE,
+    InvalidDigestError,
+    Layer,
+    Manifest,
+    Store,
+    StoreError,
+    go_json_encode,
+    normalize_digest,
+)
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+
+#: Source file types llama.cpp can quantize from (Ollama's rule).
+QUANTIZABLE_FROM = ("F16", "BF16", "F32")
+
+
+class CreateError(ValueError):
+    """The create request cannot be honoured as given (a 400 at the HTTP edge)."""
+
+
+class ModelNotFoundError(LookupError):
+    """No model of that name in the store (404, `model 'NAME' not found`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' not found")
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@attrs.define
+class CreateRequest:
+    """The fields of Ollama's /api/create request that power honours."""
+
+    model: str
+    from_: str | None = None
+    files: dict[str, str] = attrs.field(factory=dict)
+    adapters: dict[str, str] = attrs.field(factory=dict)
+    template: str | None = None
+    system: str | None = None
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+    messages: list[Message] = attrs.field(factory=list)
+    quantize: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> CreateRequest:
+        """Build a request from decoded JSON (`name` and `quantization` are accepted as the old
+        spellings of `model` and `quantize`). Raises CreateError for ill-typed fields."""
+        if not isinstance(data, dict):
+            raise CreateError("the request body must be a JSON object")
+        model = data.get("model") or data.get("name")
+        if not isinstance(model, str) or not model:
+            raise CreateError("model is required")
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise CreateError(f"{key} must be a string")
+            return value
+
+        def mapping(key: str) -> dict[str, str]:
+            value = data.get(key) or {}
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise CreateError(f"{key} must be an object of file names to digests")
+            return dict(value)
+
+        license = data.get("license")
+        if license is not None and not (
+            isinstance(license, str)
+            or (isinstance(license, list) and all(isinstance(x, str) for x in license))
+        ):
+            raise CreateError("license must be a string or a list of strings")
+        parameters = data.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise CreateError("parameters must be an object")
+        raw_messages = data.get("messages") or []
+        if not isinstance(raw_messages, list):
+            raise CreateError("messages must be a list")
+        messages = []
+        for item in raw_messages:
+            if not isinstance(item, dict) or not isinstance(item.get("role"), str):
+                raise CreateError("each message needs a role")
+            messages.append(
+                Message(
+                    role=item["role"].lower(),
+                    content=str(item.get("content") or ""),
+                    thinking=str(item.get("thinking") or ""),
+                    tool_name=str(item.get("tool_name") or ""),
+                    tool_call_id=str(item.get("tool_call_id") or ""),
+                )
+            )
+        return cls(
+            model=model,
+            from_=text("from") or None,
+            files=mapping("files"),
+            adapters=mapping("adapters"),
+            template=text("template"),
+            system=text("system"),
+            license=license,
+            parameters=dict(parameters),
+            messages=messages,
+            quantize=text("quantize") or text("quantization") or None,
+        )
+
+
+@attrs.define
+class _Built:
+    """A layer of the model being built, the status line Ollama prints for it, and the GGUF
+    header when it is a GGUF layer."""
+
+    layer: Layer
+    status: str
+    info: GGUFInfo | None = None
+
+
+def _status(digest: str, new: bool) -> str:
+    return f"{'creating new' if new else 'using existing'} layer {digest}"
+
+
+def create_model(store: Store, request: CreateRequest, progress: Progress) -> None:
+    """Create `request.model` in `store` (see the module docstring). Raises CreateError,
+    InvalidNameError, ModelNotFoundError; on any failure no manifest is written."""
+    name = ModelName.parse(request.model)
+    name = store.stored_name(name) or name
+    try:
+        old_manifest = store.read_manifest(name)
+    except StoreError:
+        old_manifest = None
+
+    def emit(status: str) -> None:
+        progress({"status": status})
+
+    created: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="create-", dir=store.temp_dir()) as work_dir:
+            work = Path(work_dir)
+            base_config: dict[str, Any] = {}
+            if request.from_:
+                layers, base_config = _from_source(store, request.from_, emit, work, created)
+            elif request.files:
+                layers = _from_files(store, request.files, False, emit, work, created)
+            else:
+                raise CreateError("neither 'from' or 'files' was specified")
+            if request.adapters:
+                layers += _from_files(store, request.adapters, True, emit, work, created)
+            if request.quantize:
+                layers = [
+                    _quantized(store, built, request.quantize, emit, work, created)
+                    if built.layer.media_type == MEDIA_TYPE_MODEL
+                    else built
+                    for built in layers
+                ]
+            config = _config(layers, base_config)
+            layers = _with_text_layers(store, layers, request, created)
+            config_data = go_json_encode(config)
+            config_digest, new = store.store_blob_bytes(config_data)
+            if new:
+                created.append(config_digest)
+            manifest = Manifest(
+                config=Layer(MEDIA_TYPE_CONFIG, config_digest, len(config_data)),
+                layers=[built.layer for built in layers],
+            )
+            for built in layers:
+                emit(built.status)
+            emit("writing manifest")
+            store.write_manifest(name, manifest)
+    except BaseException:
+        try:
+            store.remove_unreferenced(created)
+        except Exception:  # the original error matters more
+            log.exception("could not remove the blobs of a failed create")
+        raise
+    if old_manifest is not None and not store.noprune:
+        store.remove_unreferenced(set(old_manifest.digests()) - set(manifest.digests()))
+    emit("success")
+
+
+# ---------------------------------------------------------------- base layers
+
+
+def _is_local_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~/")) or source in (".", "..", "~")
+
+
+def _from_source(
+    store: Store, source: str, emit: Callable[[str], None], work: Path, created: list[str]
+) -> tuple[list[_Built], dict[str, Any]]:
+    """Layers (and the base config) for `from`: a model in the store or a local path."""
+    if _is_local_path(source):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            return [_convert(store, path, emit, work, created)], {}
+        if path.is_file():
+            if not is_gguf_file(path):
+                raise CreateError("supplied file was not in GGUF format")
+            emit("parsing GGUF")
+            digest = _own_blob_digest(store, path)
+            new = False
+            if digest is None:
+                digest, new = store.store_blob_file(path, move=False)
+            if new:
+                created.append(digest)
+            return [_gguf_layer(store, digest, False, _status(digest, new))], {}
+        raise CreateError(f"{source}: no such file or folder")
+    source_name = ModelName.parse(source)
+    manifest = store.read_manifest(source_name)
+    if manifest is None:
+        raise ModelNotFoundError(source)
+    stored = store.stored_name(source_name) or source_name
+    layers = []
+    for layer in manifest.layers:
+        if not store.has_blob(layer.digest):
+            raise StoreError(f"blob {layer.digest} of {stored.display} is missing from the store")
+        info = None
+        if layer.media_type in (MEDIA_TYPE_MODEL, MEDIA_TYPE_PROJECTOR, MEDIA_TYPE_ADAPTER):
+            info = _read_info(store.blob_path(layer.digest))
+        inherited = Layer(
+            layer.media_type, layer.digest, layer.size, from_=stored.display, name=layer.name
+        )
+        layers.append(_Built(inherited, _status(layer.digest, False), info))
+    base_config: dict[str, Any] = {}
+    if store.has_blob(manifest.config.digest):
+        try:
+            loaded = json.loads(store.blob_path(manifest.config.digest).read_bytes())
+            base_config = loaded if isinstance(loaded, dict) else {}
+        except ValueError:
+            base_config = {}
+    return layers, base_config
+
+
+def _own_blob_digest(store: Store, path: Path) -> str | None:
+    """The digest of `path` when it is one of the store's own blobs (as the Modelfile that
+    `show` prints names them), so it is not copied onto itself; None otherwise."""
+    try:
+        digest = normalize_digest(path.name)
+    except InvalidDigestError:
+        return None
+    blob = store.blob_path(digest)
+    try:
+        return digest if blob.is_file() and blob.samefile(path) else None
+    except OSError:
+        return None
+
+
+def _valid_file_name(name: str) -> bool:
+    """Go's fs.ValidPath: slash-separated, relative, no '.', '..' or empty elements."""
+    if name == "" or "\\" in name or "\x00" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _from_files(
+    store: Store,
+    files: dict[str, str],
+    is_adapter: bool,
+    emit: Callable[[str], None],
+    work: Path,
+    created: list[str],
+) -> list[_Built]:
+    """Layers for uploaded blobs named `{file name: digest}`."""
+    checked: dict[str, str] = {}
+    for file_name, digest in files.items():
+        if not _valid_file_name(file_name):
+            raise CreateError("file path must be relative")
+        try:
+            digest = normalize_digest(digest)
+        except InvalidDigestError:
+            raise CreateError("invalid digest format") from None
+        if not store.has_blob(digest):
+            raise CreateError(f"blob {digest} not found: upload it with POST /api/blobs/{digest}")
+        checked[file_name] = digest
+    if any(file_name.endswith(".safetensors") for file_name in checked):
+        if is_adapter:
+            raise CreateError("converting safetensors adapters is not supported")
+        folder = work / "safetensors"
+        for file_name, digest in checked.items():
+            link = folder / file_name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(store.blob_path(digest), link)
+        return [_convert(store, folder, emit, work, created)]
+    if is_adapter and len(checked) > 1:
+        raise CreateError("only one adapter is currently supported")
+    layers = []
+    for file_name in sorted(checked):
+        digest = checked[file_name]
+        emit("parsing GGUF")
+        if not is_gguf_file(store.blob_path(digest)):
+            raise CreateError("supplied file was not in GGUF format")
+        layers.append(_gguf_layer(store, digest, is_adapter, _status(digest, False)))
+    return layers
+
+
+def _read_info(path: Path) -> GGUFInfo:
+    try:
+        return read_gguf_info_cached(path)
+    except (GGUFError, OSError) as error:
+        raise CreateError(f"cannot read GGUF file: {error}") from None
+
+
+def _gguf_layer(store: Store, digest: str, is_adapter: bool, status: str) -> _Built:
+    path = store.blob_path(digest)
+    info = _read_info(path)
+    if is_adapter or info.is_adapter:
+        media_type = MEDIA_TYPE_ADAPTER
+    elif info.is_projector:
+        media_type = MEDIA_TYPE_PROJECTOR
+    else:
+        media_type = MEDIA_TYPE_MODEL
+    return _Built(Layer(media_type, digest, path.stat().st_size), status, info)
+
+
+def _convert(
+    store: Store, folder: Path, emit: Callable[[str], None], work: Path, created: list[str]
+) -> _Built:
+    """Convert a safetensors folder to a GGUF model layer."""
+    from power.registry.convert import convert_folder  # heavy; only for this path
+
+    emit("converting model")
+    output = work / "converted.gguf"
+    try:
+        convert_folder(folder, output)
+    except ValueError as error:
+        raise CreateError(str(error)) from None
+    digest, new = store.store_blob_file(output, move=True)
+    if new:
+        created.append(digest)
+    return _gguf_layer(store, digest, False, _status(digest, new))
+
+
+# ---------------------------------------------------------------- quantization
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _llama_quantize(source: Path, target: Path, file_type: int) -> None:
+    """Run llama.cpp's quantizer (blocking, CPU-bound) from `source` to `target`."""
+    global _backend_ready
+    import llama_cpp  # the low-level ctypes API
+
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = file_type
+    result = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(target).encode(), ctypes.byref(params)
+    )
+    if result != 0 or not target.is_file():
+        raise CreateError(f"quantization failed (llama.cpp returned {result})")
+
+
+def _quantized(
+    store: Store,
+    built: _Built,
+    quantize: str,
+    emit: Callable[[str], None],
+    work: Path,
+    created: list[str],
+) -> _Built:
+    """The model layer quantized to `quantize`, or unchanged when it already is of that type."""
+    try:
+        wanted = file_type_from_name(quantize)
+    except ValueError as error:
+        raise CreateError(str(error)) from None
+    info = built.info or _read_info(store.blob_path(built.layer.digest))
+    current = info.quantization_level
+    if current not in QUANTIZABLE_FROM:
+        raise CreateError("quantization is only supported for F16, BF16 and F32 models")
+    if info.file_type == wanted:
+        return built
+    emit(f"quantizing {current} model to {file_type_name(wanted)}")
+    output = work / "quantized.gguf"
+    _llama_quantize(store.blob_path(built.layer.digest), output, wanted)
+    emit("verifying conversion")
+    digest, new = store.store_blob_file(output, move=True)
+    if new:
+        created.append(digest)
+    return _gguf_layer(store, digest, False, _status(digest, new))
+
+
+# ---------------------------------------------------------------- config and text layers
+
+
+def _config(layers: list[_Built], base_config: dict[str, Any]) -> dict[str, Any]:
+    """The config blob's content, keys in the order of Ollama's ConfigV2 struct."""
+    models = [b for b in layers if b.layer.media_type == MEDIA_TYPE_MODEL and b.info is not None]
+    first = models[0].info if models else None
+    config: dict[str, Any] = {
+        "model_format": base_config.get("model_format") or ("gguf" if first else ""),
+        "model_family": first.architecture if first else "",
+        "model_families": [b.info.architecture for b in models] or None,
+        "model_type": first.parameter_size if first else "",
+        "file_type": first.quantization_level if first else "",
+    }
+    for key in ("renderer", "parser", "requires"):
+        if isinstance(base_config.get(key), str) and base_config[key]:
+            config[key] = base_config[key]
+    if isinstance(base_config.get("capabilities"), list) and base_config["capabilities"]:
+        config["capabilities"] = list(base_config["capabilities"])
+    config["architecture"] = "amd64"  # Ollama writes these two constants
+    config["os"] = "linux"
+    return config
+
+
+def message_to_json(message: Message) -> dict[str, Any]:
+    """An Ollama api.Message object: role and content, then the non-empty optional fields."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.thinking:
+        out["thinking"] = message.thinking
+    if message.images:
+        out["images"] = [base64.b64encode(image).decode("ascii") for image in message.images]
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"function": {"name": call.function.name, "arguments": call.function.arguments}}
+            for call in message.tool_calls
+        ]
+    if message.tool_name:
+        out["tool_name"] = message.tool_name
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _typed_request_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    typed: dict[str, Any] = {}
+    for key, value in parameters.items():
+        if value is None:
+            continue
+        try:
+            typed[key] = coerce_option(key, value)
+        except OptionError as error:
+            raise CreateError(f"invalid parameter: {error}") from None
+    return typed
+
+
+def _with_text_layers(
+    store: Store, layers: list[_Built], request: CreateRequest, created: list[str]
+) -> list[_Built]:
+    """Add (or replace) the template, system, license, params and messages layers."""
+
+    def text_layer(data: bytes, media_type: str) -> _Built:
+        digest, new = store.store_blob_bytes(data)
+        if new:
+            created.append(digest)
+        return _Built(Layer(media_type, digest, len(data)), _status(digest, new))
+
+    def without(*media_types: str) -> list[_Built]:
+        return [b for b in layers if b.layer.media_type not in media_types]
+
+    if request.template:
+        layers = without(MEDIA_TYPE_TEMPLATE, MEDIA_TYPE_PROMPT)
+        layers.append(text_layer(request.template.encode("utf-8"), MEDIA_TYPE_TEMPLATE))
+    if request.system:
+        layers = without(MEDIA_TYPE_SYSTEM)
+        layers.append(text_layer(request.system.encode("utf-8"), MEDIA_TYPE_SYSTEM))
+    licenses = [request.license] if isinstance(request.license, str) else request.license or []
+    present = {b.layer.digest for b in layers if b.layer.media_type == MEDIA_TYPE_LICENSE}
+    for text in licenses:
+        if not text:
+            continue
+        built = text_layer(text.encode("utf-8"), MEDIA_TYPE_LICENSE)
+        if built.layer.digest not in present:  # the same license twice adds nothing
+            present.add(built.layer.digest)
+            layers.append(built)
+    params = _typed_request_parameters(request.parameters)
+    for built in layers:
+        if built.layer.media_type != MEDIA_TYPE_PARAMS:
+            continue
+        try:
+            inherited = json.loads(store.blob_path(built.layer.digest).read_bytes())
+        except (OSError, ValueError):
+            inherited = {}
+        for key, value in (inherited if isinstance(inherited, dict) else {}).items():
+            params.setdefault(key, value)
+    if params:
+        layers = without(MEDIA_TYPE_PARAMS)
+        layers.append(text_layer(go_json_encode(params, sort_keys=True), MEDIA_TYPE_PARAMS))
+    if request.messages:
+        layers = without(MEDIA_TYPE_MESSAGES)
+        data = go_json_encode([message_to_json(m) for m in request.messages])
+        layers.append(text_layer(data, MEDIA_TYPE_MESSAGES))
+    return layers

@@ -1,0 +1,520 @@
+"""Store-level model operations behind /api/show, /api/tags, /api/copy, /api/delete and
+/api/create: the HTTP handlers parse the request, call one function here and write the answer.
+
+Errors: `ModelNotFoundError` (404, message `model 'NAME' not found`), `InvalidNameError` and
+`CreateError` (400), anything else (StoreError, OSError) is a 500. All functions block on file
+I/O (create may hash, convert or quantize gigabytes): call them through
+`trio.to_thread.run_sync`.
+
+How power differs from Ollama here, on purpose:
+- layers made from uploaded files carry no `from` (Ollama writes the upload's file name), so
+  `show` → Modelfile → `create` rebuilds a byte-identical manifest;
+- `show`'s Modelfile has a TEMPLATE line only when the model has a template layer (Ollama
+  prints its default `{{ .Prompt }}`, which would add a layer on re-create);
+- the config blob has no `rootfs` (as Ollama since August 2026; nothing ever read it).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from power.messages import Message
+from power.options import OPTION_TYPES, OptionError, coerce_option
+from power.registry import create as create_ops
+from power.registry.gguf_meta import GGUFInfo, read_gguf_info, read_gguf_info_cached
+from power.registry.govalues import format_float_v, go_quote
+from power.registry.modelfile import format_modelfile
+from power.registry.names import ModelName
+from power.registry.store import (
+    MEDIA_TYPE_ADAPTER,
+    MEDIA_TYPE_LICENSE,
+    MEDIA_TYPE_MESSAGES,
+    MEDIA_TYPE_MODEL,
+    MEDIA_TYPE_PARAMS,
+    MEDIA_TYPE_PROJECTOR,
+    MEDIA_TYPE_PROMPT,
+    MEDIA_TYPE_SYSTEM,
+    MEDIA_TYPE_TEMPLATE,
+    Manifest,
+    Store,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+CreateError = create_ops.CreateError
+CreateRequest = create_ops.CreateRequest
+ModelNotFoundError = create_ops.ModelNotFoundError
+
+#: What Ollama shows as the template of a model that has none.
+DEFAULT_TEMPLATE = "{{ .Prompt }}"
+
+#: The order capabilities are listed in.
+CAPABILITY_ORDER = ("completion", "embedding", "vision", "tools", "insert", "thinking")
+
+
+@attrs.frozen
+class ModelDetails:
+    parent_model: str = ""
+    format: str = "gguf"
+    family: str = ""
+    families: list[str] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "parent_model": self.parent_model,
+            "format": self.format,
+            "family": self.family,
+            "families": list(self.families) if self.families is not None else None,
+            "parameter_size": self.parameter_size,
+            "quantization_level": self.quantization_level,
+        }
+
+
+@attrs.define
+class ResolvedModel:
+    """Everything the server needs to run a stored model. Paths point into the store's blobs.
+
+    `template` is the model's TEMPLATE layer (Go text/template) or None; `chat_template` is the
+    GGUF's `tokenizer.chat_template` (Jinja) or None. `params` holds the Modelfile parameters,
+    typed by `power.options` (`stop` is a list); unknown keys in the blob are dropped.
+    """
+
+    name: ModelName
+    digest: str  # sha256 hex of the manifest file
+    size: int
+    modified_at: datetime
+    manifest: Manifest
+    config: dict[str, Any]
+    model_path: Path | None
+    adapter_paths: list[Path]
+    projector_paths: list[Path]
+    template: str | None
+    system: str | None
+    params: dict[str, Any]
+    messages: list[Message]
+    license: list[str]
+    details: ModelDetails
+    capabilities: list[str]
+    info: GGUFInfo | None
+
+    @property
+    def projector_path(self) -> Path | None:
+        return self.projector_paths[0] if self.projector_paths else None
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.info.chat_template if self.info is not None else None
+
+    @property
+    def context_length(self) -> int | None:
+        return self.info.context_length if self.info is not None else None
+
+
+def parse_name(name: str | ModelName) -> ModelName:
+    """A ModelName from request text (raises InvalidNameError) or as is."""
+    return name if isinstance(name, ModelName) else ModelName.parse(name)
+
+
+def _display(name: str | ModelName) -> str:
+    return name.display if isinstance(name, ModelName) else name
+
+
+# ---------------------------------------------------------------- resolve
+
+
+def resolve(store: Store, name: str | ModelName) -> ResolvedModel:
+    """Read the model `name` from the store. Raises ModelNotFoundError, InvalidNameError, or
+    StoreError when the manifest or a layer it names is unreadable."""
+    model_name = parse_name(name)
+    path = store.find_manifest_path(model_name)
+    if path is None:
+        raise ModelNotFoundError(_display(name))
+    stored_name = store.stored_name(model_name) or model_name
+    try:
+        data = path.read_bytes()
+        modified_ns = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise ModelNotFoundError(_display(name)) from None
+    try:
+        manifest = Manifest.from_json(data)
+    except ValueError as error:
+        raise StoreError(f"manifest of {stored_name.display} is invalid: {error}") from None
+
+    config = _read_json_blob(store, manifest.config.digest, default={})
+    if not isinstance(config, dict):
+        config = {}
+    model_path = None
+    parent_model = ""
+    adapters: list[Path] = []
+    projectors: list[Path] = []
+    template = system = None
+    params: dict[str, Any] = {}
+    messages: list[Message] = []
+    licenses: list[str] = []
+    for layer in manifest.layers:
+        media = layer.media_type
+        if media == MEDIA_TYPE_MODEL:
+            model_path = store.blob_path(layer.digest)
+            parent_model = layer.from_ or ""
+        elif media == MEDIA_TYPE_ADAPTER:
+            adapters.append(store.blob_path(layer.digest))
+        elif media == MEDIA_TYPE_PROJECTOR:
+            projectors.append(store.blob_path(layer.digest))
+        elif media in (MEDIA_TYPE_TEMPLATE, MEDIA_TYPE_PROMPT):
+            template = _read_text_blob(store, layer.digest)
+        elif media == MEDIA_TYPE_SYSTEM:
+            system = _read_text_blob(store, layer.digest)
+        elif media == MEDIA_TYPE_PARAMS:
+            params = typed_params(_read_json_blob(store, layer.digest, default={}))
+        elif media == MEDIA_TYPE_MESSAGES:
+            messages = messages_from_json(_read_json_blob(store, layer.digest, default=[]))
+        elif media == MEDIA_TYPE_LICENSE:
+            licenses.append(_read_text_blob(store, layer.digest))
+
+    info = None
+    if model_path is not None and config.get("model_format", "gguf") in ("", "gguf"):
+        try:
+            info = read_gguf_info_cached(model_path)
+        except (OSError, ValueError) as error:
+            log.warning("cannot read the GGUF header of %s: %s", stored_name.display, error)
+
+    details = _details(config, info, parent_model)
+    return ResolvedModel(
+        name=stored_name,
+        digest=hashlib.sha256(data).hexdigest(),
+        size=manifest.size,
+        modified_at=datetime.fromtimestamp(modified_ns / 1e9).astimezone(),
+        manifest=manifest,
+        config=config,
+        model_path=model_path,
+        adapter_paths=adapters,
+        projector_paths=projectors,
+        template=template,
+        system=system,
+        params=params,
+        messages=messages,
+        license=licenses,
+        details=details,
+        capabilities=capabilities_of(info, template, bool(projectors), config),
+        info=info,
+    )
+
+
+def _read_text_blob(store: Store, digest: str) -> str:
+    try:
+        return store.blob_path(digest).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StoreError(f"blob {digest} is missing from the store") from None
+
+
+def _read_json_blob(store: Store, digest: str, default: Any) -> Any:
+    try:
+        return json.loads(store.blob_path(digest).read_bytes())
+    except FileNotFoundError:
+        raise StoreError(f"blob {digest} is missing from the store") from None
+    except ValueError:
+        log.warning("blob %s is not valid JSON; ignored", digest)
+        return default
+
+
+def typed_params(raw: Any) -> dict[str, Any]:
+    """A params blob's values typed by power.options; unknown or ill-typed keys are dropped
+    with a warning (models pulled from Ollama's registry may carry options power lacks)."""
+    params: dict[str, Any] = {}
+    if not isinstance(raw, dict):
+        return params
+    for key, value in raw.items():
+        if key not in OPTION_TYPES:
+            log.warning("ignoring unknown parameter %r of a model", key)
+            continue
+        try:
+            params[key] = coerce_option(key, value)
+        except OptionError as error:
+            log.warning("ignoring parameter %r of a model: %s", key, error)
+    return params
+
+
+def messages_from_json(raw: Any) -> list[Message]:
+    """The messages layer (a JSON list of Ollama messages) as power Messages."""
+    messages = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict):
+            continue
+        images = []
+        for image in item.get("images") or []:
+            try:
+                images.append(base64.b64decode(image))
+            except (ValueError, TypeError):
+                continue
+        messages.append(
+            Message(
+                role=str(item.get("role", "")).lower(),
+                content=str(item.get("content") or ""),
+                images=images,
+                thinking=str(item.get("thinking") or ""),
+                tool_name=str(item.get("tool_name") or ""),
+                tool_call_id=str(item.get("tool_call_id") or ""),
+            )
+        )
+    return messages
+
+
+def _details(config: dict[str, Any], info: GGUFInfo | None, parent_model: str) -> ModelDetails:
+    families = config.get("model_families")
+    quantization = config.get("file_type") or ""
+    if quantization in ("", "unknown") and info is not None:
+        quantization = info.quantization_level
+    return ModelDetails(
+        parent_model=parent_model,
+        format=config.get("model_format") or "gguf",
+        family=config.get("model_family") or (info.family if info else ""),
+        families=list(families)
+        if isinstance(families, list)
+        else (info.families if info else None),
+        parameter_size=config.get("model_type") or (info.parameter_size if info else ""),
+        quantization_level=quantization,
+    )
+
+
+_TOOLS_VAR = re.compile(r"\{\{[^{}]*\.Tools\b", re.IGNORECASE)
+_SUFFIX_VAR = re.compile(r"\{\{[^{}]*\.Suffix\b", re.IGNORECASE)
+
+
+def template_capabilities(template: str | None) -> list[str]:
+    """Capabilities a Go TEMPLATE grants: tools (uses .Tools), insert (uses .Suffix), thinking
+    (writes <think>…</think> tags)."""
+    if not template:
+        return []
+    found = []
+    if _TOOLS_VAR.search(template):
+        found.append("tools")
+    if _SUFFIX_VAR.search(template):
+        found.append("insert")
+    if "<think>" in template and "</think>" in template:
+        found.append("thinking")
+    return found
+
+
+def capabilities_of(
+    info: GGUFInfo | None, template: str | None, has_projector: bool, config: dict[str, Any]
+) -> list[str]:
+    """The union of what the GGUF metadata, the TEMPLATE layer, a projector and the config
+    declare, in CAPABILITY_ORDER (unknown names from the config last)."""
+    found: set[str] = set(info.capabilities if info is not None else [])
+    found.update(template_capabilities(template))
+    if has_projector:
+        found.add("vision")
+    extra = [c for c in config.get("capabilities") or [] if isinstance(c, str)]
+    found.update(extra)
+    ordered = [c for c in CAPABILITY_ORDER if c in found]
+    return ordered + sorted(found - set(CAPABILITY_ORDER))
+
+
+# ---------------------------------------------------------------- show, tags
+
+
+def rfc3339(moment: datetime) -> str:
+    """Go's RFC3339Nano form of a time: trailing sub-second zeros trimmed, `Z` for UTC."""
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += "." + f"{moment.microsecond:06d}".rstrip("0")
+    offset = moment.utcoffset()
+    if offset is None or offset.total_seconds() == 0:
+        return text + "Z"
+    minutes = int(offset.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    return f"{text}{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def format_parameters(params: dict[str, Any]) -> str:
+    """/api/show's `parameters`: one `name value` line per value (lists expanded), the name
+    padded to 30 columns and the value as Go's %#v prints it (strings quoted)."""
+    lines = []
+    for key, value in params.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bool):
+                shown = "true" if item else "false"
+            elif isinstance(item, float):
+                shown = format_float_v(item)
+            elif isinstance(item, str):
+                shown = go_quote(item)
+            else:
+                shown = str(item)
+            lines.append(f"{key:<30} {shown}")
+    return "\n".join(lines)
+
+
+def modelfile_of(model: ResolvedModel) -> str:
+    """The Modelfile `show` prints; `create` with it rebuilds the same model."""
+    header = (
+        '# Modelfile generated by "power show"\n'
+        "# To build a new Modelfile based on this, replace FROM with:\n"
+        f"# FROM {model.name.display}\n\n"
+    )
+    sources = [str(model.model_path)] if model.model_path is not None else []
+    sources += [str(path) for path in model.projector_paths]
+    return format_modelfile(
+        sources=sources,
+        adapters=[str(path) for path in model.adapter_paths],
+        template=model.template,
+        system=model.system,
+        parameters=model.params,
+        license=model.license,
+        messages=model.messages,
+        header=header,
+    )
+
+
+def show(store: Store, name: str | ModelName, verbose: bool = False) -> dict[str, Any]:
+    """The /api/show answer for `name`: license, modelfile, parameters, template, system,
+    details, messages, model_info, capabilities, modified_at (and tensors when verbose).
+    Empty strings and lists are left out, as Ollama's omitempty does; model_info is always
+    present. Raises ModelNotFoundError."""
+    model = resolve(store, name)
+    info = model.info
+    if verbose and model.model_path is not None and info is not None:
+        info = read_gguf_info(model.model_path, verbose=True)
+    answer: dict[str, Any] = {}
+    if model.license:
+        answer["license"] = "\n".join(model.license)
+    answer["modelfile"] = modelfile_of(model)
+    parameters = format_parameters(model.params)
+    if parameters:
+        answer["parameters"] = parameters
+    answer["template"] = model.template or model.chat_template or DEFAULT_TEMPLATE
+    if model.system:
+        answer["system"] = model.system
+    answer["details"] = model.details.to_dict()
+    if model.messages:
+        answer["messages"] = [{"role": m.role, "content": m.content} for m in model.messages]
+    answer["model_info"] = dict(info.model_info) if info is not None else {}
+    if verbose and info is not None:
+        answer["tensors"] = [
+            {"name": t.name, "type": t.type, "shape": list(t.shape)} for t in info.tensors
+        ]
+    if model.capabilities:
+        answer["capabilities"] = list(model.capabilities)
+    answer["modified_at"] = rfc3339(model.modified_at)
+    return answer
+
+
+def list_models(store: Store) -> list[dict[str, Any]]:
+    """/api/tags' `models`: name, model, modified_at, size, digest, details; newest first."""
+    entries = []
+    for stored in store.list_models():
+        config = {}
+        if store.has_blob(stored.manifest.config.digest):
+            try:
+                config = _read_json_blob(store, stored.manifest.config.digest, default={})
+            except StoreError:
+                config = {}
+        if not isinstance(config, dict):
+            config = {}
+        model_layers = stored.manifest.layers_of(MEDIA_TYPE_MODEL)
+        parent = model_layers[0].from_ or "" if model_layers else ""
+        info = None
+        if model_layers and not (config.get("model_family") and config.get("file_type")):
+            try:
+                info = read_gguf_info_cached(store.blob_path(model_layers[0].digest))
+            except (OSError, ValueError):
+                info = None
+        moment = stored.modified_at.astimezone()
+        entries.append(
+            (
+                stored.modified_at.timestamp(),
+                {
+                    "name": stored.name.display,
+                    "model": stored.name.display,
+                    "modified_at": rfc3339(moment),
+                    "size": stored.size,
+                    "digest": stored.digest,
+                    "details": _details(config, info, parent).to_dict(),
+                },
+            )
+        )
+    entries.sort(key=lambda entry: entry[0], reverse=True)
+    return [entry for _, entry in entries]
+
+
+# ---------------------------------------------------------------- copy, delete
+
+
+def copy(store: Store, source: str | ModelName, destination: str | ModelName) -> None:
+    """Give the model `source` a second name (the manifest is copied; blobs are shared).
+    Raises ModelNotFoundError, InvalidNameError."""
+    source_name = parse_name(source)
+    destination_name = parse_name(destination)
+    if not store.copy_manifest(source_name, destination_name):
+        raise ModelNotFoundError(_display(source))
+
+
+def delete(store: Store, name: str | ModelName) -> None:
+    """Remove the model `name`, then the blobs only it used (as Ollama does, whatever
+    `noprune`), then prune the store unless `store.noprune`. Raises ModelNotFoundError."""
+    model_name = parse_name(name)
+    try:
+        manifest = store.read_manifest(model_name)
+    except StoreError:
+        manifest = None
+        if store.find_manifest_path(model_name) is None:
+            raise ModelNotFoundError(_display(name)) from None
+    if not store.delete_manifest(model_name):
+        raise ModelNotFoundError(_display(name))
+    if manifest is not None:
+        store.remove_unreferenced(manifest.digests())
+    if not store.noprune:
+        store.prune()
+
+
+# ---------------------------------------------------------------- create
+
+
+def create(
+    store: Store,
+    request: CreateRequest | dict[str, Any],
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Build a model as /api/create does and write its manifest last; see
+    `power.registry.create.create_model` for the rules. Raises CreateError,
+    InvalidNameError, ModelNotFoundError (FROM an unknown model)."""
+    if isinstance(request, dict):
+        request = CreateRequest.from_json(request)
+    create_ops.create_model(store, request, progress or (lambda _status: None))
+
+
+def import_gguf(
+    store: Store,
+    name: str,
+    gguf_path: Path | str,
+    *,
+    template: str | None = None,
+    system: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> ResolvedModel:
+    """Copy the GGUF file at `gguf_path` into the store and create `name` from it (with an
+    optional template, system prompt and parameters). Returns the resolved model."""
+    gguf_path = Path(gguf_path)
+    digest = store.add_blob_file(gguf_path, move=False)
+    request = CreateRequest(
+        model=name,
+        files={gguf_path.name: digest},
+        template=template,
+        system=system,
+        parameters=dict(parameters or {}),
+    )
+    create(store, request, progress)
+    return resolve(store, name)
