@@ -69,14 +69,20 @@ async def test_concurrent_sequences_keep_their_own_patterns(gemma_gguf):
 
 async def test_solo_requests_are_reproducible_greedy_and_seeded(gemma_gguf):
     async with load(gemma_gguf, Options(num_ctx=512, num_thread=2), num_parallel=2) as model:
-        greedy = [await collect(model, params(model, "The weather today is", num_predict=12)) for _ in range(2)]
+        greedy = [
+            await collect(model, params(model, "The weather today is", num_predict=12))
+            for _ in range(2)
+        ]
         assert greedy[0][0] == greedy[1][0]
         sampled_options = dict(temperature=1.0, top_k=40, top_p=0.9, seed=42, num_predict=12)
         seeded = [
-            await collect(model, params(model, "Once upon a time", **sampled_options)) for _ in range(2)
+            await collect(model, params(model, "Once upon a time", **sampled_options))
+            for _ in range(2)
         ]
         assert seeded[0][0] == seeded[1][0]
-        other = await collect(model, params(model, "Once upon a time", **{**sampled_options, "seed": 7}))
+        other = await collect(
+            model, params(model, "Once upon a time", **{**sampled_options, "seed": 7})
+        )
         # a different seed may coincide by chance, but not on all 12 tokens of a 1.0-temperature draw
         assert other[0] != seeded[0][0] or other[1].eval_count < 12
 
@@ -86,7 +92,9 @@ async def test_num_predict_gives_length_and_stop_string_is_not_emitted(gemma_ggu
         text, last = await collect(model, params(model, "1, 2, 3, 4, 5,", num_predict=5))
         assert last.done_reason is DoneReason.LENGTH and last.eval_count == 5
         # greedy continues " 6, 7, 8, 9, 10, ..." : "8, 9" spans several tokens
-        text, last = await collect(model, params(model, "1, 2, 3, 4, 5,", num_predict=30, stop=["8, 9"]))
+        text, last = await collect(
+            model, params(model, "1, 2, 3, 4, 5,", num_predict=30, stop=["8, 9"])
+        )
         assert last.done_reason is DoneReason.STOP
         assert "8, 9" not in text and "7" in text
         assert text.rstrip().endswith("7,")
@@ -103,7 +111,9 @@ async def test_json_schema_output_parses_and_validates(gemma_gguf):
     }
     async with load(gemma_gguf, Options(num_ctx=512, num_thread=2), num_parallel=2) as model:
         p = params(model, "A person as JSON:", num_predict=60)
-        p = GenerationParams(prompt=p.prompt, options=p.options, grammar=json_schema_to_gbnf(schema))
+        p = GenerationParams(
+            prompt=p.prompt, options=p.options, grammar=json_schema_to_gbnf(schema)
+        )
         text, last = await collect(model, p)
     value = json.loads(text)
     jsonschema.validate(value, schema)
@@ -164,11 +174,15 @@ async def test_context_shift_and_no_shift(gemma_gguf):
 async def test_long_prompt_truncates_or_is_refused(gemma_gguf):
     async with load(gemma_gguf, Options(num_ctx=64, num_thread=2), num_parallel=1) as model:
         long_prompt = tuple(model.tokenize("word " * 200))
-        p = GenerationParams(prompt=long_prompt, options=Options().updated(dict(GREEDY, num_predict=2)))
+        p = GenerationParams(
+            prompt=long_prompt, options=Options().updated(dict(GREEDY, num_predict=2))
+        )
         text, last = await collect(model, p)
         assert last.truncated and last.prompt_eval_count < 64
         with pytest.raises(EngineError) as info:
-            await collect(model, GenerationParams(prompt=long_prompt, options=p.options, truncate=False))
+            await collect(
+                model, GenerationParams(prompt=long_prompt, options=p.options, truncate=False)
+            )
         assert info.value.status == 400
 
 

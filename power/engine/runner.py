@@ -184,6 +184,7 @@ class Runner:
             log.warning("prompt truncated to %d tokens (num_ctx %d)", len(prompt), self.n_ctx_seq)
         generation = Generation(params, sampler, truncated)
         generation.prompt = prompt
+        sampler.observe(prompt)  # repeat penalties look back into the prompt, as llama.cpp does
         self.scheduler.submit(generation)
         self._wake.set()
         return generation

@@ -53,8 +53,9 @@ class StopMatcher:
     before any stop string; text that could be the beginning of a stop is held back until later
     text confirms or refutes it. When a stop string completes, `emit` is the text before it and
     `stopped` is True; the stop string and anything after it are dropped, and later calls return
-    `("", True)`. Among stops found in the same text, the one that starts first wins. Empty stop
-    strings are ignored. `flush()` returns the held-back text once no more text will come.
+    `("", True)`. The stop that completes first wins (then the longer one), as if text came
+    one character at a time, so the result does not depend on how text is split into calls.
+    Empty stop strings are ignored. `flush()` returns the held-back text once no more text will come.
     """
 
     def __init__(self, stops: list[str]) -> None:
@@ -73,11 +74,12 @@ class StopMatcher:
         if not self.stops:
             return text, False
         buffer = self._held + text
-        first = -1
+        first, first_end = -1, -1
         for stop in self.stops:
             at = buffer.find(stop)
-            if at >= 0 and (first < 0 or at < first):
-                first, self.matched = at, stop
+            end = at + len(stop)
+            if at >= 0 and (first < 0 or (end, at) < (first_end, first)):
+                first, first_end, self.matched = at, end, stop
         if first >= 0:
             self.stopped = True
             self._held = ""

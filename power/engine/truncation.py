@@ -15,11 +15,13 @@ The definitions are llama.cpp's (tail-free sampling as it had it before removing
 - `min_p_positions`: the tokens whose probability is at least p times the largest.
 - `mirostat_v1_positions` / `mirostat_v2_positions`: Mirostat's truncation for the current mu.
 
-Cost: sorting the whole vocabulary in Python-land costs 3 ms (argsort) a row, so on large inputs
-each function first finds a threshold set that provably holds its answer, with a ladder of cheap
-whole-row passes (compare, masked sum: ~0.1 ms each), and sorts only that set. Results are exact
-except tail-free sampling, whose normalising sum ignores second differences of tokens more than
-`TFS_MIN_GAP`+ below the maximum once their bound is under `TFS_TOLERANCE` of the head's sum.
+Cost: an argsort of the whole vocabulary costs 3 ms a row here (llama.cpp's own typical and
+Mirostat samplers 17-20 ms), so on large inputs each function first finds a set that provably
+holds its answer with a few cheap whole-row passes (a compare, a masked sum: ~0.05-0.1 ms each),
+then sorts only that set, by value where it can (numpy's value sort is 5x faster than argsort).
+Results are exact (up to float rounding), except tail-free sampling: its normalising sum leaves
+out the second differences of tokens far below the maximum once their bound (4 exp(-gap)) is
+below `TFS_TOLERANCE` of the sum, which is about llama.cpp's own float32 precision.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import numpy as np
 SMALL = 2048
 #: Logit gaps below the maximum tried, in order, when looking for a head set.
 GAP_LADDER = (4.0, 8.0, 16.0, 32.0)
-#: Tail-free sampling: first gap tried, and the accepted bound on the ignored normalising mass.
+#: Tail-free sampling: the head used to estimate the normalising sum, and the accepted bound
+#: on the part of that sum left out, relative to it.
 TFS_MIN_GAP = 8.0
 TFS_TOLERANCE = 1e-5
 #: Mirostat v1 estimates the Zipf exponent over this many most probable tokens.
@@ -40,9 +43,7 @@ MIROSTAT_M = 100
 
 
 def _head(logits: np.ndarray, maximum: float, gap: float) -> np.ndarray:
-    """Positions whose logit is at least `maximum - gap` (all of them when gap is infinite)."""
-    if math.isinf(gap):
-        return np.arange(logits.size)
+    """Positions whose logit is at least `maximum - gap`."""
     return np.flatnonzero(logits >= maximum - gap)
 
 
