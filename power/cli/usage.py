@@ -1,0 +1,227 @@
+"""The usage texts of every `power` command: each is the command's documentation
+(`power help COMMAND`, `power COMMAND --help`) and, through docopt-ng, its parser."""
+
+from __future__ import annotations
+
+TOP_USAGE = """\
+power: run large language models locally (a drop-in replacement for Ollama).
+
+Usage:
+  power <command> [<args>...]
+  power -v | --version
+  power -h | --help
+
+Commands:
+  serve       Start the power server
+  create      Create a model from a Modelfile
+  show        Show information for a model
+  run         Run a model
+  stop        Stop a running model
+  pull        Pull a model from a registry
+  push        Push a model to a registry
+  list, ls    List models
+  ps          List running models
+  cp          Copy a model
+  rm, delete  Remove models
+  update      Pull the latest version of models
+  version     Show the client and server versions
+  help        Show help for a command
+
+Options:
+  -h, --help     Show this help
+  -v, --version  Show version information
+
+Environment:
+  POWER_HOST     Address of the server (also read from OLLAMA_HOST; default 127.0.0.1:11434)
+  POWER_API_KEY  Bearer token sent with every request
+
+Run 'power help COMMAND' for more information on a command.
+"""
+
+SERVE_USAGE = """\
+Start the power server.
+
+Usage:
+  power serve [options]
+
+Options:
+  -h, --help  Show this help
+
+Environment (each also read under its OLLAMA_ name):
+  POWER_HOST               Address to listen on (default 127.0.0.1:11434)
+  POWER_MODELS             Path of the model store
+  POWER_KEEP_ALIVE         How long a model stays loaded when idle (default 5m)
+  POWER_NUM_PARALLEL       Sequences decoded together per model
+  POWER_MAX_LOADED_MODELS  Most models loaded at once
+  POWER_MAX_QUEUE          Most requests waiting (default 512)
+  POWER_CONTEXT_LENGTH     Default context length
+  POWER_FLASH_ATTENTION    Use flash attention
+  POWER_KV_CACHE_TYPE      Type of the K/V cache
+  POWER_ORIGINS            Allowed origins (CORS)
+  POWER_NOPRUNE            Keep unused blobs
+  POWER_DEBUG              Verbose logs
+"""
+
+CREATE_USAGE = """\
+Create a model from a Modelfile.
+
+Usage:
+  power create [options] MODEL
+
+Options:
+  -f FILE, --file=FILE          Path of the Modelfile (default: ./Modelfile)
+  -q QUANT, --quantize=QUANT    Quantize the model to this type (e.g. q4_K_M)
+  -h, --help                    Show this help
+
+FROM may name a model, a GGUF file (uploaded to the server as a blob) or a folder of
+safetensors (converted by the server, which must run on this machine).
+"""
+
+SHOW_USAGE = """\
+Show information for a model.
+
+Usage:
+  power show [options] MODEL
+
+Options:
+  --license      Show the license of the model
+  --modelfile    Show the Modelfile of the model
+  --parameters   Show the parameters of the model
+  --system       Show the system message of the model
+  --template     Show the prompt template of the model
+  -v, --verbose  Show detailed model information
+  -h, --help     Show this help
+"""
+
+RUN_USAGE = """\
+Run a model. With a prompt (arguments, --prompt or piped input) it answers once and exits;
+without one, on a terminal, it starts an interactive chat.
+
+Usage:
+  power run [options] MODEL [PROMPT...]
+
+Options:
+  --prompt=TEXT           Prompt text (added after the PROMPT words)
+  --system=TEXT           System message
+  --template=TEXT         Prompt template, in place of the model's
+  --format=FORMAT         Response format: json, or a JSON schema (text or path of a file)
+  --temperature=FLOAT     Sampling temperature
+  --top-p=FLOAT           Keep the most likely tokens up to this probability mass
+  --top-k=INT             Keep the K most likely tokens
+  --num-predict=INT       Most tokens to generate
+  --num-ctx=INT           Context window size
+  --repeat-penalty=FLOAT  Penalty for repeated tokens
+  --seed=INT              Random seed
+  --keep-alive=DURATION   How long the model stays loaded (e.g. 5m, 0, -1)
+  --keepalive=DURATION    Same as --keep-alive
+  --think=LEVEL           Thinking: true, false, high, medium or low (bare --think: true)
+  --hidethinking          Hide the thinking output
+  --verbose               Show timings for the response
+  --insecure              Use an insecure registry when the model must be pulled
+  --nowordwrap            Don't wrap words to the next line automatically
+  -h, --help              Show this help
+
+Environment:
+  POWER_HOST       Address of the server
+  POWER_NOHISTORY  Don't keep the chat input history
+"""
+
+STOP_USAGE = """\
+Stop a running model (unload it from memory).
+
+Usage:
+  power stop [options] MODEL
+
+Options:
+  -h, --help  Show this help
+"""
+
+PULL_USAGE = """\
+Pull a model from a registry.
+
+Usage:
+  power pull [options] MODEL
+
+Options:
+  --insecure  Use an insecure registry (plain http)
+  -h, --help  Show this help
+"""
+
+PUSH_USAGE = """\
+Push a model to a registry.
+
+Usage:
+  power push [options] MODEL
+
+Options:
+  --insecure  Use an insecure registry (plain http)
+  -h, --help  Show this help
+"""
+
+LIST_USAGE = """\
+List models (those whose name starts with PREFIX, if given).
+
+Usage:
+  power list [options] [PREFIX]
+
+Options:
+  -h, --help  Show this help
+"""
+
+PS_USAGE = """\
+List running models.
+
+Usage:
+  power ps [options] [PREFIX]
+
+Options:
+  -h, --help  Show this help
+"""
+
+CP_USAGE = """\
+Copy a model.
+
+Usage:
+  power cp [options] SOURCE DESTINATION
+
+Options:
+  -h, --help  Show this help
+"""
+
+RM_USAGE = """\
+Remove models.
+
+Usage:
+  power rm [options] MODEL...
+
+Options:
+  -h, --help  Show this help
+"""
+
+UPDATE_USAGE = """\
+Pull the latest version of models from their registries (all local models if none named).
+
+Usage:
+  power update [options] [MODEL...]
+
+Options:
+  --insecure  Use an insecure registry (plain http)
+  -h, --help  Show this help
+"""
+
+VERSION_USAGE = """\
+Show the version of this client and of the server.
+
+Usage:
+  power version [options]
+
+Options:
+  -h, --help  Show this help
+"""
+
+HELP_USAGE = """\
+Show help for a command.
+
+Usage:
+  power help [COMMAND]
+"""
