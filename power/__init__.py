@@ -1,3 +1,18 @@
-"""power: a local LLM server and CLI, a drop-in replacement for Ollama."""
+"""power: a local LLM server and CLI, a drop-in replacement for Ollama.
+
+- `power.engine.load(path, options)`: the in-process engine; `model.generate(...)` streams chunks.
+- `power.Client` / `power.AsyncClient`: HTTP clients of a running `power serve`.
+"""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):  # lazy: `import power` stays cheap and free of httpx
+    if name in ("Client", "AsyncClient", "ResponseError"):
+        from power import client
+
+        return getattr(client, name)
+    raise AttributeError(name)
+
+
+__all__ = ["AsyncClient", "Client", "ResponseError", "__version__"]

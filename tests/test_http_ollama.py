@@ -191,3 +191,28 @@ async def test_async_client(server: str):
     embedded = await client.embed(model=MINILM, input="hello")
     assert len(embedded.embeddings[0]) == 384
     assert GEMMA in {m.model for m in (await client.list()).models}
+
+
+@pytest.mark.registry
+def test_create_from_uploaded_gguf_then_push_delete_pull(client: ollama.Client, registry_server: str, minilm_gguf):
+    digest = client.create_blob(minilm_gguf)
+    progress = list(client.create(model="uploaded-minilm", files={"minilm.gguf": digest}, stream=True))
+    assert progress[-1].status == "success"
+    assert "embedding" in client.show("uploaded-minilm").capabilities
+    remote = f"{registry_server}/library/uploaded-minilm:v1"
+    client.copy("uploaded-minilm", remote)
+    before = client.show(remote).modelfile
+    pushed = list(client.push(remote, insecure=True, stream=True))
+    assert pushed[-1].status == "success"
+    assert any(p.status.startswith("pushing ") for p in pushed)
+    client.delete(remote)
+    client.delete("uploaded-minilm")
+    pulled = list(client.pull(remote, insecure=True, stream=True))
+    assert [p.status for p in pulled][0] == "pulling manifest"
+    assert pulled[-1].status == "success"
+    assert client.show(remote).modelfile == before
+    vectors = client.embed(model=remote, input="hello").embeddings
+    assert len(vectors[0]) == 384
+    with pytest.raises(ollama.ResponseError):
+        client.pull(f"{registry_server}/library/uploaded-minilm:missing", insecure=True)
+    client.delete(remote)

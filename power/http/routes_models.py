@@ -205,6 +205,19 @@ def _status_of(exc: BaseException) -> int:
     return 500
 
 
+def _is_local_path(text: str) -> bool:
+    return bool(text) and (os.path.isabs(text) or text.startswith(("./", "../", "~", ".\\")))
+
+
+def _from_loopback() -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
+
+
 def _create_json(req: CreateRequest) -> dict[str, Any]:
     """The validated request in the shape `power.registry.models.create` takes."""
     from power.http.schemas import message_to_json
@@ -236,6 +249,9 @@ async def create() -> Response:
     state = get_state()
     req = parse_request(CreateRequest, await request.get_data())
     _name(req.model)
+    if _is_local_path(req.from_) and not _from_loopback():
+        # `from` naming a folder or file of this machine is power's extension for the local CLI
+        raise RequestError(403, "creating from a local path is only allowed from this machine")
 
     async def work(progress: Callable[[dict], None]) -> None:
         def report(event: dict) -> None:
