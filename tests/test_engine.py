@@ -219,3 +219,30 @@ async def test_minilm_embeddings_match_numpy_reference(minilm_gguf, minilm_dir):
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
     assert len(short.embeddings[0]) == 64
     assert abs(np.linalg.norm(short.embeddings[0]) - 1.0) < 1e-5
+
+
+async def test_load_options_reach_llama_cpp(gemma_gguf):
+    import llama_cpp
+
+    options = Options().updated(
+        dict(
+            num_ctx=128,
+            num_batch=64,
+            num_thread=1,
+            num_thread_batch=2,
+            use_mmap=False,
+            use_mlock=False,
+            flash_attention=True,
+            num_gpu=0,
+        )
+    )
+    async with load(gemma_gguf, options, num_parallel=2, kv_cache_type="q8_0") as model:
+        ctx = model.context.handle
+        assert llama_cpp.llama_n_ctx(ctx) == 128 * 2
+        assert llama_cpp.llama_n_batch(ctx) == 64
+        assert llama_cpp.llama_n_threads(ctx) == 1
+        assert llama_cpp.llama_n_threads_batch(ctx) == 2
+        assert model.n_ctx_seq == 128
+        assert model.gpu_layers() == 0
+        text, last = await collect(model, params(model, "1, 2, 3,", num_predict=4, num_ctx=128))
+        assert last.eval_count == 4 and "4" in text

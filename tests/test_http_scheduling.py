@@ -148,3 +148,26 @@ async def test_max_queue_answers_503_beyond_the_bound(small_store):
                 )
                 nursery.cancel_scope.cancel()
             assert (await client.get("/")).text == "Ollama is running"
+
+
+async def test_runtime_options_reuse_the_instance_and_load_options_reload(small_store):
+    with run_power_server(small_store) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+            async def loads() -> float:
+                for line in (await client.get("/metrics")).text.splitlines():
+                    if line.startswith('power_model_events_total{event="load"}'):
+                        return float(line.split()[-1])
+                return 0.0
+
+            body = {**gen_body(1, 2), "stream": False}
+            await client.post("/api/generate", json=body)
+            assert await loads() == 1
+            body["options"] = {**body["options"], "temperature": 0.5, "top_k": 5, "seed": 3}
+            await client.post("/api/generate", json=body)
+            assert await loads() == 1  # sampling options never reload
+            body["options"] = {**body["options"], "num_ctx": 256}
+            await client.post("/api/generate", json=body)
+            assert await loads() == 2  # a load option does
+            (entry,) = (await client.get("/api/ps")).json()["models"]
+            assert entry["context_length"] == 256
