@@ -263,7 +263,9 @@ class LlamaContext:
 
     def set_lora(self, adapters: list[tuple[ctypes.c_void_p, float]]) -> None:
         n = len(adapters)
-        arr = (ctypes.c_void_p * max(n, 1))(*[a for a, _ in adapters])
+        # llama_adapter_lora_init returns POINTER(c_void_p) handles, and
+        # llama_set_adapters_lora takes an array of exactly that type.
+        arr = (llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(*[a for a, _ in adapters])
         scales = (ctypes.c_float * max(n, 1))(*[s for _, s in adapters])
         if llama_cpp.llama_set_adapters_lora(self.handle, arr, n, scales) != 0:
             raise LlamaError("llama.cpp refused the LoRA adapters")

@@ -89,6 +89,7 @@ async def generate_job(
                 suffix=req.suffix or None,
                 think=req.think,
                 special_tokens=special_tokens(ref.info),
+                messages=list(resolved.messages) or None,
             )
         except Exception as exc:  # noqa: BLE001
             raise RequestError(400, f"template error: {exc}") from None
