@@ -11,6 +11,7 @@ from one worker thread at a time (see `runner.py`).
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import os
@@ -27,14 +28,28 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 
 
+_recent_problems: collections.deque[str] = collections.deque(maxlen=8)
+_LEVEL_WARN = 3
+
+
 @llama_cpp.llama_log_callback
 def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # Referenced from module scope for the life of the process: C keeps calling it.
-    if _LOG_LLAMA:
-        try:
-            log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
-        except Exception:  # noqa: BLE001 - never raise into C
-            pass
+    try:
+        line = text.decode("utf-8", "replace").rstrip()
+        if level >= _LEVEL_WARN and line:
+            _recent_problems.append(line)
+        if _LOG_LLAMA:
+            log.debug("llama.cpp: %s", line)
+    except Exception:  # noqa: BLE001 - never raise into C
+        pass
+
+
+def _reason() -> str:
+    """llama.cpp's last warning or error lines, to say why a load failed."""
+    lines = [line for line in _recent_problems if line]
+    _recent_problems.clear()
+    return f" ({'; '.join(lines[-3:])})" if lines else ""
 
 
 _LOG_LLAMA = bool(os.environ.get("POWER_DEBUG") or os.environ.get("OLLAMA_DEBUG"))
@@ -90,9 +105,10 @@ class LlamaModel:
         elif params.use_mmap is True:
             mode = 1  # MMAP
         mparams.load_mode = mode
+        _recent_problems.clear()
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
-            raise LlamaError(f"llama.cpp could not load model {self.path}")
+            raise LlamaError(f"llama.cpp could not load model {self.path}{_reason()}")
         self.vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._model)
@@ -177,9 +193,10 @@ class LlamaModel:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
 
     def load_lora(self, path: str | Path) -> ctypes.c_void_p:
+        _recent_problems.clear()
         adapter = llama_cpp.llama_adapter_lora_init(self.handle, str(path).encode())
         if not adapter:
-            raise LlamaError(f"llama.cpp could not load adapter {path}")
+            raise LlamaError(f"llama.cpp could not load adapter {path}{_reason()}")
         self._lora.append(adapter)
         return adapter
 
@@ -246,7 +263,7 @@ class LlamaContext:
         cparams.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(model.handle, cparams)
         if not self._ctx:
-            raise LlamaError("llama.cpp could not create a context (out of memory?)")
+            raise LlamaError(f"llama.cpp could not create a context{_reason() or ' (out of memory?)'}")
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self._ctx)
         self.n_batch = llama_cpp.llama_n_batch(self._ctx)
