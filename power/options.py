@@ -158,9 +158,7 @@ def coerce_option(name: str, value: Any) -> Any:
         raise TypeError
     except (TypeError, ValueError):
         type_name = {list: "array of strings", bool: "bool", int: "int", float: "float"}[kind]
-        raise OptionError(
-            f"option {name!r} must be of type {type_name}, got {value!r}"
-        ) from None
+        raise OptionError(f"option {name!r} must be of type {type_name}, got {value!r}") from None
 
 
 def parse_options(values: dict[str, Any] | None) -> dict[str, Any]:

@@ -39,14 +39,20 @@ def test_generate_streaming_and_not(client: ollama.Client):
     assert response.total_duration > 0 and response.eval_duration > 0
     assert response.context is None  # raw: no context
     assert "4" in response.response
-    parts = list(client.generate(model=GEMMA, prompt="Hello", options={"num_predict": 4}, stream=True))
+    parts = list(
+        client.generate(model=GEMMA, prompt="Hello", options={"num_predict": 4}, stream=True)
+    )
     assert parts[-1].done and all(not p.done for p in parts[:-1])
     assert parts[-1].context  # templated generate returns context
 
 
 def test_generate_context_continues_a_conversation(client: ollama.Client):
-    first = client.generate(model=GEMMA, prompt="Count: 1, 2, 3,", raw=False, options={"num_predict": 4})
-    again = client.generate(model=GEMMA, prompt="more", context=first.context, options={"num_predict": 2})
+    first = client.generate(
+        model=GEMMA, prompt="Count: 1, 2, 3,", raw=False, options={"num_predict": 4}
+    )
+    again = client.generate(
+        model=GEMMA, prompt="more", context=first.context, options={"num_predict": 2}
+    )
     assert again.done
     assert again.prompt_eval_count < len(first.context) + 10
 
@@ -55,7 +61,9 @@ def test_chat_streaming_and_not(client: ollama.Client):
     messages = [{"role": "user", "content": "Say hello."}]
     answer = client.chat(model=GEMMA, messages=messages, options={"num_predict": 8})
     assert answer.message.role == "assistant" and answer.done
-    streamed = list(client.chat(model=GEMMA, messages=messages, options={"num_predict": 8}, stream=True))
+    streamed = list(
+        client.chat(model=GEMMA, messages=messages, options={"num_predict": 8}, stream=True)
+    )
     assert streamed[-1].done and streamed[-1].done_reason in ("stop", "length")
     assert "".join(c.message.content for c in streamed) == answer.message.content  # greedy, solo
 
@@ -63,7 +71,9 @@ def test_chat_streaming_and_not(client: ollama.Client):
 def test_chat_with_qwen_answers_paris(client: ollama.Client):
     answer = client.chat(
         model=QWEN,
-        messages=[{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+        messages=[
+            {"role": "user", "content": "What is the capital of France? Answer in one word."}
+        ],
         options={"num_predict": 10},
     )
     assert "Paris" in answer.message.content
@@ -74,12 +84,20 @@ def test_tool_call_is_structured_and_never_content(client: ollama.Client, stream
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     if stream:
         chunks = list(
-            client.chat(model=QWEN, messages=messages, tools=[WEATHER_TOOL], stream=True, options={"num_predict": 60})
+            client.chat(
+                model=QWEN,
+                messages=messages,
+                tools=[WEATHER_TOOL],
+                stream=True,
+                options={"num_predict": 60},
+            )
         )
         calls = [call for c in chunks for call in (c.message.tool_calls or [])]
         content = "".join(c.message.content or "" for c in chunks)
     else:
-        answer = client.chat(model=QWEN, messages=messages, tools=[WEATHER_TOOL], options={"num_predict": 60})
+        answer = client.chat(
+            model=QWEN, messages=messages, tools=[WEATHER_TOOL], options={"num_predict": 60}
+        )
         calls = answer.message.tool_calls or []
         content = answer.message.content
     assert len(calls) == 1
@@ -98,7 +116,9 @@ def test_tool_result_is_used_in_the_answer(client: ollama.Client):
         },
         {"role": "tool", "content": "22 degrees Celsius and sunny", "tool_name": "get_weather"},
     ]
-    answer = client.chat(model=QWEN, messages=messages, tools=[WEATHER_TOOL], options={"num_predict": 40})
+    answer = client.chat(
+        model=QWEN, messages=messages, tools=[WEATHER_TOOL], options={"num_predict": 40}
+    )
     assert "22" in answer.message.content
 
 
@@ -155,12 +175,16 @@ def test_list_show_ps_copy_delete(client: ollama.Client):
 
 def test_create_from_existing_model_with_system(client: ollama.Client):
     progress = list(
-        client.create(model="gemma-pirate:latest", from_=GEMMA, system="You are a pirate.", stream=True)
+        client.create(
+            model="gemma-pirate:latest", from_=GEMMA, system="You are a pirate.", stream=True
+        )
     )
     assert progress[-1].status == "success"
     shown = client.show("gemma-pirate")
     assert 'SYSTEM "You are a pirate."' in shown.modelfile or "You are a pirate." in shown.modelfile
-    raw = httpx.post(client._client.base_url.join("/api/show"), json={"model": "gemma-pirate"}).json()
+    raw = httpx.post(
+        client._client.base_url.join("/api/show"), json={"model": "gemma-pirate"}
+    ).json()
     assert raw["system"] == "You are a pirate."
     client.delete("gemma-pirate")
 
@@ -180,11 +204,16 @@ def test_load_and_unload_with_empty_prompt(client: ollama.Client):
 
 async def test_async_client(server: str):
     client = ollama.AsyncClient(host=server)
-    answer = await client.generate(model=GEMMA, prompt="1, 2, 3,", raw=True, options={"num_predict": 3})
+    answer = await client.generate(
+        model=GEMMA, prompt="1, 2, 3,", raw=True, options={"num_predict": 3}
+    )
     assert answer.done
     parts = []
     async for part in await client.chat(
-        model=GEMMA, messages=[{"role": "user", "content": "hi"}], stream=True, options={"num_predict": 3}
+        model=GEMMA,
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        options={"num_predict": 3},
     ):
         parts.append(part)
     assert parts[-1].done
@@ -194,9 +223,13 @@ async def test_async_client(server: str):
 
 
 @pytest.mark.registry
-def test_create_from_uploaded_gguf_then_push_delete_pull(client: ollama.Client, registry_server: str, minilm_gguf):
+def test_create_from_uploaded_gguf_then_push_delete_pull(
+    client: ollama.Client, registry_server: str, minilm_gguf
+):
     digest = client.create_blob(minilm_gguf)
-    progress = list(client.create(model="uploaded-minilm", files={"minilm.gguf": digest}, stream=True))
+    progress = list(
+        client.create(model="uploaded-minilm", files={"minilm.gguf": digest}, stream=True)
+    )
     assert progress[-1].status == "success"
     assert "embedding" in client.show("uploaded-minilm").capabilities
     remote = f"{registry_server}/library/uploaded-minilm:v1"

@@ -136,13 +136,17 @@ def test_options_extension_sets_num_ctx(client: openai.OpenAI, server: str):
 
 def test_completions(client: openai.OpenAI):
     # the prompt goes through the model's template, as with Ollama's /v1/completions
-    completion = client.completions.create(model=GEMMA, prompt="1, 2, 3, 4,", max_tokens=6, temperature=0)
+    completion = client.completions.create(
+        model=GEMMA, prompt="1, 2, 3, 4,", max_tokens=6, temperature=0
+    )
     assert completion.choices[0].text
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage.completion_tokens == 6
     streamed = "".join(
         c.choices[0].text
-        for c in client.completions.create(model=GEMMA, prompt="1, 2, 3, 4,", max_tokens=6, temperature=0, stream=True)
+        for c in client.completions.create(
+            model=GEMMA, prompt="1, 2, 3, 4,", max_tokens=6, temperature=0, stream=True
+        )
         if c.choices
     )
     assert streamed == completion.choices[0].text  # greedy and solo: reproducible
@@ -170,7 +174,9 @@ def test_models(client: openai.OpenAI):
 
 def test_errors_have_openai_shape(client: openai.OpenAI):
     with pytest.raises(openai.NotFoundError) as info:
-        client.chat.completions.create(model="missing-model", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="missing-model", messages=[{"role": "user", "content": "x"}]
+        )
     assert "not found" in info.value.message
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=GEMMA, messages=[])

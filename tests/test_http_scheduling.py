@@ -72,16 +72,24 @@ async def test_twelve_streams_interleave_and_six_killed_leave_the_rest_intact(sm
             first_done = kinds.index("done")
             assert kinds[:first_done].count("first") == 12, events
             assert sorted(results) == [0, 2, 4, 6, 8, 10]
-            assert all(r["eval_count"] == 60 and r["done_reason"] == "length" for r in results.values())
+            assert all(
+                r["eval_count"] == 60 and r["done_reason"] == "length" for r in results.values()
+            )
 
             async def idle() -> bool:
                 health = (await client.get("/health")).json()
                 models = health["loaded_models"]
-                return bool(models) and models[0]["active_sequences"] == 0 and models[0]["references"] == 0
+                return (
+                    bool(models)
+                    and models[0]["active_sequences"] == 0
+                    and models[0]["references"] == 0
+                )
 
             assert await wait_until(idle)
             # the freed sequences serve new requests
-            again = (await client.post("/api/generate", json={**gen_body(1, 3), "stream": False})).json()
+            again = (
+                await client.post("/api/generate", json={**gen_body(1, 3), "stream": False})
+            ).json()
             assert again["eval_count"] == 3
 
 
@@ -92,7 +100,9 @@ async def test_keep_alive_expiry_forever_and_zero(small_store):
             async def loaded() -> set[str]:
                 return {m["name"] for m in (await client.get("/api/ps")).json()["models"]}
 
-            await client.post("/api/generate", json={**gen_body(1, 1), "stream": False, "keep_alive": "1s"})
+            await client.post(
+                "/api/generate", json={**gen_body(1, 1), "stream": False, "keep_alive": "1s"}
+            )
             assert GEMMA in await loaded()
 
             async def gone() -> bool:
@@ -100,11 +110,15 @@ async def test_keep_alive_expiry_forever_and_zero(small_store):
 
             assert await wait_until(gone, attempts=100)  # expires once idle for 1 s
 
-            await client.post("/api/generate", json={**gen_body(1, 1), "stream": False, "keep_alive": -1})
+            await client.post(
+                "/api/generate", json={**gen_body(1, 1), "stream": False, "keep_alive": -1}
+            )
             (entry,) = (await client.get("/api/ps")).json()["models"]
             assert entry["expires_at"].startswith("9999")
 
-            await client.post("/api/generate", json={**gen_body(1, 1), "stream": False, "keep_alive": 0})
+            await client.post(
+                "/api/generate", json={**gen_body(1, 1), "stream": False, "keep_alive": 0}
+            )
             assert await wait_until(gone, attempts=50)
 
 
@@ -130,7 +144,9 @@ async def test_max_queue_answers_503_beyond_the_bound(small_store):
             async with trio.open_nursery() as nursery:
 
                 async def long_request(i: int) -> None:
-                    async with client.stream("POST", "/api/generate", json=gen_body(i, 500)) as response:
+                    async with client.stream(
+                        "POST", "/api/generate", json=gen_body(i, 500)
+                    ) as response:
                         async for _ in response.aiter_lines():
                             pass
 

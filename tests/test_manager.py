@@ -20,10 +20,12 @@ async def test_references_keep_alive_zero_and_reuse(gemma_gguf):
     manager = ModelManager(default_keep_alive=60)
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
-        async with manager.use("gemma", spec(gemma_gguf)) as first:
-            async with manager.use("gemma", spec(gemma_gguf)) as second:
-                assert first is second
-                assert manager.instances["gemma"].refs == 2
+        async with (
+            manager.use("gemma", spec(gemma_gguf)) as first,
+            manager.use("gemma", spec(gemma_gguf)) as second,
+        ):
+            assert first is second
+            assert manager.instances["gemma"].refs == 2
         instance = manager.instances["gemma"]
         assert instance.refs == 0 and instance.expires_at is not None
         async with manager.use("gemma", spec(gemma_gguf), keep_alive=0):

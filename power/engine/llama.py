@@ -263,7 +263,9 @@ class LlamaContext:
         cparams.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(model.handle, cparams)
         if not self._ctx:
-            raise LlamaError(f"llama.cpp could not create a context{_reason() or ' (out of memory?)'}")
+            raise LlamaError(
+                f"llama.cpp could not create a context{_reason() or ' (out of memory?)'}"
+            )
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self._ctx)
         self.n_batch = llama_cpp.llama_n_batch(self._ctx)

@@ -9,7 +9,7 @@ import attrs
 from power.options import Options
 
 
-class DoneReason(str, enum.Enum):
+class DoneReason(enum.StrEnum):
     STOP = "stop"  # end-of-generation token or a stop string
     LENGTH = "length"  # num_predict reached or the context is full and cannot shift
     LOAD = "load"

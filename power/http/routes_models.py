@@ -362,9 +362,7 @@ async def blob_post(digest: str) -> Response:
         if actual != d:
             raise RequestError(400, f"digest mismatch, expected {d}, got {actual}")
         try:
-            await trio.to_thread.run_sync(
-                lambda: state.store.add_blob_file(tmp_name, d, move=True)
-            )
+            await trio.to_thread.run_sync(lambda: state.store.add_blob_file(tmp_name, d, move=True))
         except DigestMismatchError as exc:
             raise RequestError(400, str(exc)) from None
     finally:

@@ -143,7 +143,9 @@ async def embeddings() -> Response:
     )
     state.metrics.record_generation(ref.name, result.prompt_eval_count, 0)
     return jsonify(
-        oa.embedding_list(ref.name, result.embeddings, result.prompt_eval_count, req.encoding_format)
+        oa.embedding_list(
+            ref.name, result.embeddings, result.prompt_eval_count, req.encoding_format
+        )
     )
 
 
