@@ -249,3 +249,16 @@ def test_create_from_uploaded_gguf_then_push_delete_pull(
     with pytest.raises(ollama.ResponseError):
         client.pull(f"{registry_server}/library/uploaded-minilm:missing", insecure=True)
     client.delete(remote)
+
+
+def test_suffix_fill_in_the_middle_with_fim_tokens(client: ollama.Client):
+    answer = client.generate(
+        model=QWEN,
+        prompt="def add(a, b):\n    ",
+        suffix="\n\nprint(add(1, 2))\n",
+        options={"num_predict": 12},
+    )
+    assert "a + b" in answer.response
+    with pytest.raises(ollama.ResponseError) as info:
+        client.generate(model=MINILM, prompt="x", suffix="y")
+    assert info.value.status_code == 400

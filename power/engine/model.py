@@ -210,6 +210,24 @@ class LoadedModel:
     def detokenize(self, tokens: list[int]) -> str:
         return self.model.detokenize(tokens)
 
+    def fim_tokens(self, prefix: str, suffix: str) -> list[int]:
+        """A fill-in-the-middle prompt from the vocabulary's FIM tokens (prefix, suffix, middle)."""
+        vocab = self.model.vocab
+        pre = llama_cpp.llama_vocab_fim_pre(vocab)
+        suf = llama_cpp.llama_vocab_fim_suf(vocab)
+        mid = llama_cpp.llama_vocab_fim_mid(vocab)
+        if min(pre, suf, mid) < 0:
+            raise EngineError("this model does not support insert (no FIM tokens)", status=400)
+        head = [self.model.bos] if self.model.add_bos else []
+        return (
+            head
+            + [pre]
+            + self.tokenize(prefix, add_special=False, parse_special=False)
+            + [suf]
+            + self.tokenize(suffix, add_special=False, parse_special=False)
+            + [mid]
+        )
+
     @property
     def n_active(self) -> int:
         return self.runner.n_active if self.runner else 0

@@ -71,13 +71,19 @@ async def generate_job(
     _check_runnable(ref, req.images)
     think = think_enabled(ref, req.think)
     resolved = ref.resolved
+    template = req.template or resolved.template
+    fim = False
     if req.raw:
         prompt_text = req.prompt
     else:
-        from power.registry.prompt import render_generate
+        from power.registry.prompt import render_generate, template_uses
 
         if req.suffix and "insert" not in ref.capabilities:
             raise RequestError(400, f'"{ref.name}" does not support insert')
+        # fill-in-the-middle with the vocabulary's FIM tokens when the template has no .Suffix
+        fim = bool(req.suffix) and not (template and template_uses(template, "Suffix"))
+        prompt_text = req.prompt
+    if not req.raw and not fim:
         try:
             prompt_text = render_generate(
                 req.prompt,
@@ -94,6 +100,9 @@ async def generate_job(
         except Exception as exc:  # noqa: BLE001
             raise RequestError(400, f"template error: {exc}") from None
     if debug:
+        if fim:
+            async with use_model(state, ref, options, req.keep_alive) as model:
+                prompt_text = model.detokenize(model.fim_tokens(req.prompt, req.suffix))
         return {
             "model": ref.name,
             "created_at": rfc3339_now(),
@@ -107,7 +116,15 @@ async def generate_job(
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async with use_model(state, ref, options, req.keep_alive) as model:
-            tokens = list(req.context) + model.tokenize(prompt_text, add_special=not req.context)
+            if fim:
+                try:
+                    tokens = model.fim_tokens(req.prompt, req.suffix)
+                except EngineError as exc:
+                    raise RequestError(exc.status, str(exc)) from None
+            else:
+                tokens = list(req.context) + model.tokenize(
+                    prompt_text, add_special=not req.context
+                )
             params = GenerationParams(
                 prompt=tuple(tokens),
                 options=options,
