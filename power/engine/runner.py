@@ -35,6 +35,10 @@ from power.engine.types import (
 log = logging.getLogger(__name__)
 
 
+class DecodeError(EngineError):
+    """llama_decode refused a batch (bad token ids, no room in the KV cache...)."""
+
+
 class Collector:
     """The per-request mailbox between the loop (producer) and one consumer.
 
@@ -215,7 +219,13 @@ class Runner:
                 if not plan.entries:
                     await trio.sleep(0)
                     continue
-                sampled = await trio.to_thread.run_sync(self._execute, plan, limiter=self.limiter)
+                try:
+                    sampled = await trio.to_thread.run_sync(
+                        self._execute, plan, limiter=self.limiter
+                    )
+                except DecodeError as exc:
+                    self._fail_plan(plan, exc)
+                    continue
                 self._commit(plan, sampled)
                 self.n_steps += 1
         except Exception as exc:  # the loop must never take the server down with it
@@ -237,6 +247,19 @@ class Runner:
             gen = self.scheduler.waiting.popleft()
             gen.done = True
             gen.collector.fail(error)
+
+    def _fail_plan(self, plan: StepPlan, error: DecodeError) -> None:
+        """A decode failed: fail the sequences of that batch only, drop their cells, go on."""
+        log.error("%s; failing the sequences of that batch", error)
+        for slot in {id(e.slot): e.slot for e in plan.entries}.values():
+            gen: Generation | None = slot.request
+            if gen is not None and not gen.done:
+                gen.done = True
+                gen.collector.fail(EngineError(str(error)))
+                gen.close_sampler()
+            self.scheduler.release(slot)
+            self.context.seq_rm(slot.seq_id, -1, -1)
+            self.scheduler.forget(slot)
 
     def _reap_cancelled(self) -> None:
         for slot in self.scheduler.slots:
@@ -289,7 +312,7 @@ class Runner:
                 rows.append((entry.slot, row))
         status = self.context.decode(batch)
         if status != 0:
-            raise EngineError(f"llama_decode failed with status {status}")
+            raise DecodeError(f"llama_decode failed with status {status}")
         sampled: dict[int, tuple[int, TokenLogprob | None]] = {}
         for slot, row in rows:
             gen: Generation = slot.request

@@ -122,6 +122,13 @@ def create_app(state: ServerState) -> QuartTrio:
 
     @app.after_request
     async def _after(response: Response) -> Response:
+        if response.status_code >= 400 and response.status_code != 413:
+            # Answering before the body has arrived leaves a kept-alive HTTP/1.1 connection
+            # stuck in hypercorn: read what is left of it (bounded by the JSON limit) first.
+            try:
+                await request.get_data()
+            except Exception:  # noqa: BLE001
+                response.headers["Connection"] = "close"
         origin = request.headers.get("Origin")
         if origin and origin_allowed(origin, state.settings.origins):
             _cors(response, origin)

@@ -44,6 +44,10 @@ class ModelRef:
     def capabilities(self) -> list[str]:
         return list(self.resolved.capabilities)
 
+    def require_embedding(self) -> None:
+        if "embedding" not in self.capabilities:
+            raise RequestError(400, f'"{self.name}" does not support embeddings')
+
     def require(self, capability: str) -> None:
         if capability not in self.capabilities:
             raise RequestError(400, f'"{self.name}" does not support {capability}')

@@ -122,6 +122,9 @@ async def generate_job(
                 except EngineError as exc:
                     raise RequestError(exc.status, str(exc)) from None
             else:
+                n_vocab = model.model.n_vocab
+                if any(not 0 <= t < n_vocab for t in req.context):
+                    raise RequestError(400, f"context holds token ids outside 0..{n_vocab - 1}")
                 tokens = list(req.context) + model.tokenize(
                     prompt_text, add_special=not req.context
                 )

@@ -119,11 +119,9 @@ async def ps() -> Response:
                 else datetime.now(UTC)
             )
             if instance.refs > 0 and math.isfinite(instance.keep_alive):
-                expires = datetime.fromtimestamp(
-                    datetime.now(UTC).timestamp() + instance.keep_alive, UTC
-                )
+                expires = _moment(datetime.now(UTC).timestamp() + instance.keep_alive)
         else:
-            expires = datetime.fromtimestamp(instance.expires_at, UTC)
+            expires = _moment(instance.expires_at)
         gpu_layers = 0
         size = instance.estimated_bytes
         if instance.loaded is not None:
@@ -143,6 +141,14 @@ async def ps() -> Response:
             }
         )
     return jsonify({"models": models})
+
+
+def _moment(timestamp: float) -> datetime:
+    """A UTC datetime, clamped to the far future for keep_alive values beyond the calendar."""
+    try:
+        return datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, ValueError, OSError):
+        return datetime(9999, 12, 31, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- streamed operations

@@ -75,26 +75,24 @@ async def respond(chunks: AsyncIterator[dict[str, Any]], *, stream: bool, kind: 
     return response
 
 
-@blueprint.route("/api/generate", methods=["POST"])
-async def generate() -> Response:
+async def _run_job(request_class: type, job: Any, kind: str) -> Response:
     t_start = time.perf_counter_ns()
     body = await request.get_data()
-    req = parse_request(GenerateRequest, body)
-    outcome = await generate_job(get_state(), req, t_start=t_start, debug=_debug_render_only(body))
+    req = parse_request(request_class, body)
+    outcome = await job(get_state(), req, t_start=t_start, debug=_debug_render_only(body))
     if isinstance(outcome, dict):
         return jsonify(outcome)
-    return await respond(outcome, stream=req.stream, kind="generate")
+    return await respond(outcome, stream=req.stream, kind=kind)
+
+
+@blueprint.route("/api/generate", methods=["POST"])
+async def generate() -> Response:
+    return await _run_job(GenerateRequest, generate_job, "generate")
 
 
 @blueprint.route("/api/chat", methods=["POST"])
 async def chat() -> Response:
-    t_start = time.perf_counter_ns()
-    body = await request.get_data()
-    req = parse_request(ChatRequest, body)
-    outcome = await chat_job(get_state(), req, t_start=t_start, debug=_debug_render_only(body))
-    if isinstance(outcome, dict):
-        return jsonify(outcome)
-    return await respond(outcome, stream=req.stream, kind="chat")
+    return await _run_job(ChatRequest, chat_job, "chat")
 
 
 @blueprint.route("/api/embed", methods=["POST"])
@@ -103,8 +101,7 @@ async def embed() -> Response:
     state = get_state()
     req = parse_request(EmbedRequest, await request.get_data())
     ref = resolve_model(state, req.model)
-    if "embedding" not in ref.capabilities:
-        raise RequestError(400, f'"{ref.name}" does not support embeddings')
+    ref.require_embedding()
     options = effective_options(state, ref, req.options)
     if not req.input:
         async with use_model(state, ref, options, req.keep_alive) as model:
@@ -144,8 +141,7 @@ async def embeddings_legacy() -> Response:
     state = get_state()
     req = parse_request(EmbeddingsRequest, await request.get_data())
     ref = resolve_model(state, req.model)
-    if "embedding" not in ref.capabilities:
-        raise RequestError(400, f'"{ref.name}" does not support embeddings')
+    ref.require_embedding()
     options = effective_options(state, ref, req.options)
     if not req.prompt:
         async with use_model(state, ref, options, req.keep_alive):

@@ -89,35 +89,35 @@ async def _answer(
     return response
 
 
-@blueprint.route("/v1/chat/completions", methods=["POST"])
-async def chat_completions() -> Response:
+async def _completion(request_class: type, to_native: Any, job: Any, kind: str) -> Response:
     t_start = time.perf_counter_ns()
-    req = parse_request(ChatCompletionRequest, await request.get_data())
-    native = oa.chat_request_from_openai(req)
-    outcome = await chat_job(get_state(), native, t_start=t_start)
-    translator = oa.ChatCompletionStream(native.model, include_usage=req.include_usage)
+    req = parse_request(request_class, await request.get_data())
+    native = to_native(req)
+    outcome = await job(get_state(), native, t_start=t_start)
+    if kind == "chat":
+        translator = oa.ChatCompletionStream(native.model, include_usage=req.include_usage)
+        whole = oa.chat_completion
+    else:
+        translator = oa.CompletionStream(native.model, include_usage=req.include_usage)
+        whole = oa.text_completion
     return await _answer(
         outcome,
         stream=req.stream,
-        kind="chat",
+        kind=kind,
         translator=translator,
-        whole=lambda final: oa.chat_completion(final, completion_id=translator.id),
+        whole=lambda final: whole(final, completion_id=translator.id),
     )
+
+
+@blueprint.route("/v1/chat/completions", methods=["POST"])
+async def chat_completions() -> Response:
+    return await _completion(ChatCompletionRequest, oa.chat_request_from_openai, chat_job, "chat")
 
 
 @blueprint.route("/v1/completions", methods=["POST"])
 async def completions() -> Response:
-    t_start = time.perf_counter_ns()
-    req = parse_request(CompletionRequest, await request.get_data())
-    native = oa.generate_request_from_openai(req)
-    outcome = await generate_job(get_state(), native, t_start=t_start)
-    translator = oa.CompletionStream(native.model, include_usage=req.include_usage)
-    return await _answer(
-        outcome,
-        stream=req.stream,
-        kind="generate",
-        translator=translator,
-        whole=lambda final: oa.text_completion(final, completion_id=translator.id),
+    return await _completion(
+        CompletionRequest, oa.generate_request_from_openai, generate_job, "generate"
     )
 
 
@@ -127,8 +127,7 @@ async def embeddings() -> Response:
     req = parse_request(EmbeddingRequest, await request.get_data())
     native = oa.embed_request_from_openai(req)
     ref = resolve_model(state, native.model)
-    if "embedding" not in ref.capabilities:
-        raise RequestError(400, f'"{ref.name}" does not support embeddings')
+    ref.require_embedding()
     if not native.input:
         raise RequestError(400, "invalid input: input must not be empty")
     options = effective_options(state, ref, native.options)

@@ -211,6 +211,8 @@ def load_json_body(body: bytes | str | None) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise RequestError(400, f"invalid JSON in request body: {err}") from None
+    except RecursionError:
+        raise RequestError(400, "invalid JSON in request body: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
