@@ -108,10 +108,15 @@ def test_tool_call_is_structured_and_never_content(client: ollama.Client, stream
 
 def test_tool_result_is_used_in_the_answer(client: ollama.Client):
     messages = [
+        {
+            "role": "system",
+            "content": "You are a helpful assistant. When a tool result is available, "
+            "answer the user's question with it in one sentence.",
+        },
         {"role": "user", "content": "What is the weather in Paris?"},
         {
             "role": "assistant",
-            "content": "",
+            "content": "Let me look that up.",
             "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
         },
         {"role": "tool", "content": "22 degrees Celsius and sunny", "tool_name": "get_weather"},
@@ -120,6 +125,7 @@ def test_tool_result_is_used_in_the_answer(client: ollama.Client):
         model=QWEN, messages=messages, tools=[WEATHER_TOOL], options={"num_predict": 40}
     )
     assert "22" in answer.message.content
+    assert not answer.message.tool_calls
 
 
 def test_format_json_schema(client: ollama.Client):
