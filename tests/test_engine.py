@@ -246,3 +246,36 @@ async def test_load_options_reach_llama_cpp(gemma_gguf):
         assert model.gpu_layers() == 0
         text, last = await collect(model, params(model, "1, 2, 3,", num_predict=4, num_ctx=128))
         assert last.eval_count == 4 and "4" in text
+
+
+async def test_custom_samplers_run_in_a_nursery_beside_cheap_ones(gemma_gguf):
+    """mirostat/tfs/typical sequences sample in per-sequence worker threads, greedy ones inline."""
+    costly = [
+        dict(mirostat=2, temperature=0.8, seed=1),
+        dict(tfs_z=0.9, temperature=0.8, seed=2),
+        dict(typical_p=0.8, temperature=0.8, seed=3),
+    ]
+    async with load(gemma_gguf, Options(num_ctx=256, num_thread=2), num_parallel=4) as model:
+        runner = model.runner
+        batches: list[int] = []
+        original = runner._sample_costly
+
+        async def counting(pairs, sampled):
+            batches.append(len(pairs))
+            await original(pairs, sampled)
+
+        runner._sample_costly = counting
+        out: list[str] = [""] * 4
+
+        async def one(i: int, opts: dict) -> None:
+            out[i], last = await collect(
+                model, params(model, "Once upon a time", num_predict=8, **opts)
+            )
+            assert last.eval_count == 8
+
+        async with trio.open_nursery() as nursery:
+            for i, opts in enumerate([*costly, dict(temperature=0)]):
+                nursery.start_soon(one, i, opts)
+    assert all(out)
+    assert sum(batches) == 3 * 8  # every costly token, none of the greedy ones
+    assert max(batches) >= 2  # several custom samplers ran side by side

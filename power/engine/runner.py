@@ -14,6 +14,7 @@ releases the slot and frees its KV cells at the next step boundary.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -111,6 +112,12 @@ class Generation:
         self.cancelled = False
         self.done = False
         self.slot: Slot | None = None
+        options = params.options
+        #: mirostat, tail-free, typical and grammars sample in a nursery of their own threads
+        self.costly = (
+            options.temperature > 0
+            and (options.mirostat in (1, 2) or options.tfs_z < 1.0 or options.typical_p < 1.0)
+        ) or params.grammar is not None
         self.n_prompt_evaluated = 0
         self.t_prompt_start = 0
         self.t_prompt_end = 0
@@ -139,6 +146,7 @@ class Runner:
         self.scheduler = Scheduler(n_slots, n_ctx_seq, context.n_batch)
         self.batch = Batch(context.n_batch, 1)
         self.limiter = limiter or trio.CapacityLimiter(1)
+        self.sampling_limiter = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self._wake = trio.Event()
         self.broken: BaseException | None = None
         nl = -1
@@ -220,12 +228,14 @@ class Runner:
                     await trio.sleep(0)
                     continue
                 try:
-                    sampled = await trio.to_thread.run_sync(
+                    sampled, costly = await trio.to_thread.run_sync(
                         self._execute, plan, limiter=self.limiter
                     )
                 except DecodeError as exc:
                     self._fail_plan(plan, exc)
                     continue
+                if costly:
+                    await self._sample_costly(costly, sampled)
                 self._commit(plan, sampled)
                 self.n_steps += 1
         except Exception as exc:  # the loop must never take the server down with it
@@ -301,8 +311,12 @@ class Runner:
         for slot in full:
             self._finish(slot, DoneReason.LENGTH)
 
-    def _execute(self, plan: StepPlan) -> dict[int, tuple[int, TokenLogprob | None]]:
-        """Worker thread: decode the plan, sample every slot whose logits came out."""
+    def _execute(
+        self, plan: StepPlan
+    ) -> tuple[dict[int, tuple[int, TokenLogprob | None]], list[tuple[Slot, int]]]:
+        """Worker thread: decode the plan and sample, right here, every slot whose logits came
+        out and whose sampler is cheap. Returns those tokens and the (slot, row) pairs left for
+        `_sample_costly` (mirostat, tail-free, typical, grammar)."""
         batch = self.batch
         batch.clear()
         rows: list[tuple[Slot, int]] = []
@@ -314,18 +328,40 @@ class Runner:
         if status != 0:
             raise DecodeError(f"llama_decode failed with status {status}")
         sampled: dict[int, tuple[int, TokenLogprob | None]] = {}
+        costly: list[tuple[Slot, int]] = []
         for slot, row in rows:
             gen: Generation = slot.request
             if gen is None or gen.cancelled or gen.done:
                 continue
-            logits = self.context.logits_row(row)
-            token = gen.sampler.sample(logits)
-            gen.sampler.accept(token)
-            logprob = None
-            if gen.params.logprobs:
-                logprob = self._logprob(gen, logits, token)
-            sampled[slot.seq_id] = (token, logprob)
-        return sampled
+            if gen.costly:
+                costly.append((slot, row))
+                continue
+            sampled[slot.seq_id] = self._sample_one(gen, row)
+        return sampled, costly
+
+    def _sample_one(self, gen: Generation, row: int) -> tuple[int, TokenLogprob | None]:
+        logits = self.context.logits_row(row)
+        token = gen.sampler.sample(logits)
+        gen.sampler.accept(token)
+        logprob = self._logprob(gen, logits, token) if gen.params.logprobs else None
+        return token, logprob
+
+    async def _sample_costly(
+        self, costly: list[tuple[Slot, int]], sampled: dict[int, tuple[int, TokenLogprob | None]]
+    ) -> None:
+        """Custom samplers run per sequence in a nursery, each in a worker thread (numpy releases
+        the GIL in its heavy loops, so they share the cores). The logits rows stay valid: no
+        decode can start before this nursery has finished."""
+
+        async def one(slot: Slot, row: int) -> None:
+            gen: Generation = slot.request
+            sampled[slot.seq_id] = await trio.to_thread.run_sync(
+                self._sample_one, gen, row, limiter=self.sampling_limiter
+            )
+
+        async with trio.open_nursery() as nursery:
+            for slot, row in costly:
+                nursery.start_soon(one, slot, row)
 
     def _logprob(self, gen: Generation, logits: Any, token: int) -> TokenLogprob:
         value, top = gen.sampler.logprobs(logits, token, gen.params.top_logprobs)
