@@ -12,15 +12,16 @@ One line per figure: median and 90th percentile in ms, and the reference's media
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
 import llama_cpp as L
 import numpy as np
+from docopt import docopt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -154,11 +155,22 @@ def time_power(gemma, options, rows, tokens, reps, grammar=None, top_logprobs=0)
     return times
 
 
+USAGE = """Usage:
+  sampling.py [--rows N] [--reps N]
+
+Options:
+  --rows N   logits rows collected from real decodes [default: 48]
+  --reps N   timed passes over the rows [default: 5]
+"""
+
+
+def _namespace(**values: int) -> types.SimpleNamespace:
+    return types.SimpleNamespace(**values)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=48)
-    parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args()
+    values = docopt(USAGE)
+    args = _namespace(rows=int(values["--rows"]), reps=int(values["--reps"]))
     gemma = Gemma(models.gemma())
     n_vocab = gemma.n_vocab
     text_rows, text_tokens = collect(
