@@ -480,3 +480,26 @@ def test_create_from_uploaded_safetensors_files(store: Store, minilm_dir: Path) 
     assert model.details.family == "bert"
     assert model.capabilities == ["embedding"]
     assert list(store.temp_dir().iterdir()) == []
+
+
+@pytest.mark.slow
+def test_converted_minilm_round_trips_through_show_and_create(
+    store: Store, minilm_dir: Path
+) -> None:
+    """safetensors folder → create → show → Modelfile → create gives the identical manifest."""
+    models.create(store, {"model": "minilm-rt", "from": str(minilm_dir), "system": "Embed."})
+    original = store.read_manifest_bytes(ModelName.parse("minilm-rt"))
+    parsed = parse_modelfile(models.show(store, "minilm-rt")["modelfile"])
+    models.create(
+        store,
+        CreateRequest(
+            model="minilm-rt:again",
+            from_=parsed.from_,
+            system=parsed.system,
+            parameters=parsed.parameters,
+            template=parsed.template,
+            license=parsed.license,
+            messages=parsed.messages,
+        ),
+    )
+    assert store.read_manifest_bytes(ModelName.parse("minilm-rt:again")) == original
