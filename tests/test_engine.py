@@ -279,3 +279,27 @@ async def test_custom_samplers_run_in_a_nursery_beside_cheap_ones(gemma_gguf):
     assert all(out)
     assert sum(batches) == 3 * 8  # every costly token, none of the greedy ones
     assert max(batches) >= 2  # several custom samplers ran side by side
+
+
+async def test_a_shared_prefix_is_evaluated_once_across_sequences(gemma_gguf):
+    system = "You are a careful assistant who answers questions about geography. " * 6
+    async with load(gemma_gguf, Options(num_ctx=512, num_thread=2), num_parallel=2) as model:
+        first = params(model, system + "Question: where is Paris?", num_predict=30)
+        second = params(model, system + "Question: where is Rome?", num_predict=3)
+        n_system = len(model.tokenize(system))
+        first_token = trio.Event()
+        results = {}
+
+        async def run_first():
+            async with contextlib.aclosing(model.generate(first)) as stream:
+                async for chunk in stream:
+                    first_token.set()  # its prompt's cells are in the cache now
+                    if chunk.done:
+                        results["first"] = chunk
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_first)
+            await first_token.wait()
+            results["second"] = (await collect(model, second))[1]
+    assert results["second"].prompt_eval_count < len(second.prompt) - n_system + 8
+    assert results["first"].eval_count == 30

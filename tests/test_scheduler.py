@@ -110,3 +110,25 @@ def test_withdraw_removes_waiting_request():
     assert sched.withdraw(r2)
     assert not sched.withdraw(r2)
     assert list(sched.waiting) == [r1]
+
+
+def test_a_prefix_held_by_a_busy_sequence_is_shared_by_copy():
+    sched = Scheduler(n_slots=2, n_ctx_seq=1000, n_batch=64, min_shared_prefix=4)
+    system = list(range(100, 130))
+    sched.submit(Req(system + [1, 2, 3]))
+    run_step(sched)  # slot 0 holds the system prompt and is generating
+    sched.submit(Req(system + [7, 8]))
+    (admission,) = sched.admit()
+    assert admission.slot.seq_id == 1
+    assert admission.copy_from == 0
+    assert admission.n_reuse == len(system)
+    assert admission.slot.cached == system and admission.slot.pending == [7, 8]
+
+
+def test_short_shared_prefixes_are_not_copied():
+    sched = Scheduler(n_slots=2, n_ctx_seq=1000, n_batch=64, min_shared_prefix=16)
+    sched.submit(Req([1, 2, 3, 4, 5]))
+    run_step(sched)
+    sched.submit(Req([1, 2, 3, 9]))
+    (admission,) = sched.admit()
+    assert admission.copy_from is None and admission.n_reuse == 0

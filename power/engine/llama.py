@@ -260,6 +260,9 @@ class LlamaContext:
         cparams.embeddings = params.embeddings
         cparams.pooling_type = params.pooling
         cparams.kv_unified = params.kv_unified
+        # keep every cell of sliding-window layers too: prefix reuse and sharing between
+        # sequences need the cells of any position, not only the last window
+        cparams.swa_full = True
         cparams.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(model.handle, cparams)
         if not self._ctx:

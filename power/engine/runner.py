@@ -288,7 +288,10 @@ class Runner:
             gen: Generation = admission.request
             gen.slot = slot
             gen.t_prompt_start = now
-            if not self.context.seq_rm(slot.seq_id, admission.n_reuse, -1):
+            if admission.copy_from is not None:
+                self.context.seq_rm(slot.seq_id, -1, -1)
+                self.context.seq_cp(admission.copy_from, slot.seq_id, 0, admission.n_reuse)
+            elif not self.context.seq_rm(slot.seq_id, admission.n_reuse, -1):
                 # the cache cannot drop a partial range (e.g. sliding window): start afresh
                 self.context.seq_rm(slot.seq_id, -1, -1)
                 slot.cached = []

@@ -47,11 +47,13 @@ class Slot:
 
 @attrs.frozen
 class Admission:
-    """A request got a slot; the runner must drop the slot's cells from `n_reuse` on."""
+    """A request got a slot. The runner must drop the slot's cells from `n_reuse` on, or, when
+    `copy_from` is set, drop them all and share the first `n_reuse` cells of that sequence."""
 
     slot: Slot
     request: Any
     n_reuse: int
+    copy_from: int | None = None
 
 
 @attrs.frozen
@@ -95,8 +97,12 @@ class Scheduler:
     Requests are opaque objects with a `prompt` attribute (list of token ids).
     """
 
-    def __init__(self, n_slots: int, n_ctx_seq: int, n_batch: int) -> None:
+    def __init__(
+        self, n_slots: int, n_ctx_seq: int, n_batch: int, *, min_shared_prefix: int = 16
+    ) -> None:
         self.slots = [Slot(seq_id=i) for i in range(n_slots)]
+        #: copying another sequence's cells pays off only for a prefix at least this long
+        self.min_shared_prefix = min_shared_prefix
         self.n_ctx_seq = n_ctx_seq
         self.n_batch = n_batch
         self.waiting: deque[Any] = deque()
@@ -136,16 +142,26 @@ class Scheduler:
                 break
             request = self.waiting.popleft()
             prompt: list[int] = request.prompt
+            limit = max(len(prompt) - 1, 0)  # at least one token is evaluated, for logits
             best = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
-            n_reuse = min(common_prefix(best.cached, prompt), max(len(prompt) - 1, 0))
-            best.cached = best.cached[:n_reuse]
+            n_reuse = min(common_prefix(best.cached, prompt), limit)
+            copy_from = None
+            # a longer prefix held by another sequence (busy or not) is shared by copying its
+            # cells (cheap in a unified KV cache), e.g. a system prompt common to many requests
+            for other in self.slots:
+                if other is best:
+                    continue
+                n_other = min(common_prefix(other.cached, prompt), limit)
+                if n_other >= n_reuse + self.min_shared_prefix:
+                    copy_from, n_reuse = other.seq_id, n_other
+            best.cached = list(prompt[:n_reuse]) if copy_from is not None else best.cached[:n_reuse]
             best.pending = list(prompt[n_reuse:])
             best.state = SlotState.PROMPT
             best.request = request
             best.next_token = None
             self._step += 1
             best.last_used = self._step
-            admitted.append(Admission(best, request, n_reuse))
+            admitted.append(Admission(best, request, n_reuse, copy_from))
         return admitted
 
     def forget(self, slot: Slot) -> None:
