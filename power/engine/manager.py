@@ -266,6 +266,14 @@ class ModelManager:
             with trio.CancelScope() as scope:
                 instance.scope = scope
                 await instance.loaded.run(task_status=task_status)
+                runner = instance.loaded.runner
+                if runner is not None and runner.broken is not None:
+                    # a failed loop: forget the instance so that the next request reloads it
+                    instance.state = InstanceState.UNLOADING
+                    if self.instances.get(instance.name) is instance:
+                        del self.instances[instance.name]
+                    self._notify()
+                    return
                 await trio.sleep_forever()  # embedding models have no loop; wait for unload
         finally:
             instance.loaded.close()
