@@ -268,3 +268,20 @@ def test_suffix_fill_in_the_middle_with_fim_tokens(client: ollama.Client):
     with pytest.raises(ollama.ResponseError) as info:
         client.generate(model=MINILM, prompt="x", suffix="y")
     assert info.value.status_code == 400
+
+
+def test_a_truncated_prompt_is_reported_or_refused(server: str):
+    import httpx
+
+    body = {
+        "model": GEMMA,
+        "prompt": "word " * 400,
+        "raw": True,
+        "stream": False,
+        "options": {"num_ctx": 128, "num_predict": 2},
+    }
+    answer = httpx.post(server + "/api/generate", json=body, timeout=60).json()
+    assert answer["prompt_truncated"] is True and answer["prompt_eval_count"] < 128
+    refused = httpx.post(server + "/api/generate", json={**body, "truncate": False}, timeout=60)
+    assert refused.status_code == 400
+    assert "exceeds the context length" in refused.json()["error"]

@@ -258,6 +258,9 @@ async def stream_generation(
                 continue
             out["done"] = True
             out.update(final_metrics(chunk, t_start_ns, load_ns))
+            if chunk.truncated:
+                # unlike Ollama, say so: the prompt did not fit num_ctx and lost its middle
+                out["prompt_truncated"] = True
             if kind == "generate" and extra_final and extra_final.get("context", True):
                 out["context"] = list(chunk.context)
             state.metrics.record_generation(ref.name, chunk.prompt_eval_count, chunk.eval_count)
