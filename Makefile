@@ -52,6 +52,7 @@ format: install
 
 bench: models
 	$(PY) bench/engine.py
+	$(PY) bench/http_server.py
 
 clean:
 	rm -rf $(VENV) .models
