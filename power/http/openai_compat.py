@@ -215,15 +215,10 @@ def finish_reason(done_reason: str | None, sent_tool_calls: bool) -> str:
 # ---------------------------------------------------------------- chat
 
 
-class ChatCompletionStream:
-    """Turns native chat chunks into `chat.completion.chunk` objects, in order.
+class _OpenAIStream:
+    """What both streamed answer translators keep: the model, the id, the creation time."""
 
-    The first chunk carries `delta.role = "assistant"`; thinking goes to `delta.reasoning`
-    (Ollama's field), in a chunk of its own when a native chunk also has content or tool calls;
-    the native final chunk yields a chunk with an empty delta and `finish_reason`, then (with
-    `include_usage`) a chunk with no choices and the usage. With `include_usage` every other
-    chunk has `"usage": null`, as OpenAI sends. A native error line becomes an error object.
-    """
+    id_prefix = "chatcmpl"
 
     def __init__(
         self,
@@ -235,11 +230,23 @@ class ChatCompletionStream:
     ) -> None:
         self.model = model
         self.include_usage = include_usage
-        self.id = completion_id or new_completion_id("chatcmpl")
+        self.id = completion_id or new_completion_id(self.id_prefix)
         self.created = created if created is not None else int(time.time())
         self.sent_role = False
         self.sent_tool_calls = False
+        self.text_offset = 0
         self.finished = False
+
+
+class ChatCompletionStream(_OpenAIStream):
+    """Turns native chat chunks into `chat.completion.chunk` objects, in order.
+
+    The first chunk carries `delta.role = "assistant"`; thinking goes to `delta.reasoning`
+    (Ollama's field), in a chunk of its own when a native chunk also has content or tool calls;
+    the native final chunk yields a chunk with an empty delta and `finish_reason`, then (with
+    `include_usage`) a chunk with no choices and the usage. With `include_usage` every other
+    chunk has `"usage": null`, as OpenAI sends. A native error line becomes an error object.
+    """
 
     def _chunk(self, delta: dict[str, Any], reason: str | None, logprobs: Any) -> dict:
         chunk: dict[str, Any] = {
@@ -334,23 +341,10 @@ def chat_completion(
 # ---------------------------------------------------------------- completions
 
 
-class CompletionStream:
+class CompletionStream(_OpenAIStream):
     """Turns native generate chunks into streamed `text_completion` objects (see the chat one)."""
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        include_usage: bool = False,
-        completion_id: str | None = None,
-        created: int | None = None,
-    ) -> None:
-        self.model = model
-        self.include_usage = include_usage
-        self.id = completion_id or new_completion_id("cmpl")
-        self.created = created if created is not None else int(time.time())
-        self.text_offset = 0
-        self.finished = False
+    id_prefix = "cmpl"
 
     def _chunk(self, text: str, reason: str | None, logprobs: Any) -> dict[str, Any]:
         chunk: dict[str, Any] = {

@@ -513,15 +513,8 @@ class PullRequest:
 
 
 @request_class
-class PushRequest:
-    """`POST /api/push` (`name` accepted for old clients)."""
-
-    model: str = field("", aliases=("name",))
-    insecure: bool = field(False)
-    stream: bool = field(True)
-
-    def validate(self) -> None:
-        require_model(self.model)
+class PushRequest(PullRequest):
+    """`POST /api/push` (`name` accepted for old clients): the same fields as a pull."""
 
 
 @request_class
