@@ -285,3 +285,23 @@ def test_a_truncated_prompt_is_reported_or_refused(server: str):
     refused = httpx.post(server + "/api/generate", json={**body, "truncate": False}, timeout=60)
     assert refused.status_code == 400
     assert "exceeds the context length" in refused.json()["error"]
+
+
+def test_metrics_health_and_usage(client: ollama.Client, server: str):
+    client.generate(model=GEMMA, prompt="1, 2,", raw=True, options={"num_predict": 3})
+    metrics = httpx.get(server + "/metrics").text
+    for name in (
+        "power_http_requests_total",
+        "power_http_request_seconds_bucket",
+        "power_time_to_first_token_seconds_count",
+        "power_prompt_tokens_total",
+        "power_generated_tokens_total",
+        "power_loaded_models",
+        "power_queue_depth",
+    ):
+        assert name in metrics, name
+    health = httpx.get(server + "/health").json()
+    assert health["status"] == "ok" and health["queue"]["max"] == 512
+    assert GEMMA in {m["name"] for m in health["loaded_models"]}
+    usage = {m["model"]: m for m in httpx.get(server + "/v1/usage").json()["models"]}
+    assert usage[GEMMA]["completion_tokens"] >= 3 and usage[GEMMA]["requests"] >= 1
