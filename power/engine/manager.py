@@ -143,11 +143,15 @@ class ModelManager:
     ) -> AsyncIterator[LoadedModel]:
         """Hold a reference to `name` loaded per `spec` for the duration of the block."""
         self.check_queue()
-        self.n_pending += 1
-        try:
-            instance = await self._acquire(name, spec, info or {})
-        finally:
-            self.n_pending -= 1
+        instance = self.instances.get(name)
+        if instance is not None and instance.spec == spec and instance.state is InstanceState.READY:
+            self._take(instance)  # loaded already: no wait, so never counted as pending
+        else:
+            self.n_pending += 1
+            try:
+                instance = await self._acquire(name, spec, info or {})
+            finally:
+                self.n_pending -= 1
         if keep_alive is not None:
             instance.keep_alive = keep_alive
         try:
