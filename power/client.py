@@ -212,6 +212,17 @@ def _create_body(model: str, stream: bool, fields: dict[str, Any]) -> dict[str, 
 # ---------------------------------------------------------------- sync client
 
 
+def _http_settings(
+    host: str | None, timeout: float | httpx.Timeout | None, headers: Mapping[str, str] | None
+) -> tuple[str, dict[str, Any]]:
+    """The base URL and the httpx keyword arguments both clients are built with."""
+    base_url = parse_host(host) if host else host_from_environment()
+    merged = _default_headers()
+    merged.update(headers or {})
+    timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+    return base_url, {"base_url": base_url, "headers": merged, "timeout": timeout}
+
+
 class Client:
     """A synchronous client; one `httpx.Client` (a connection pool) per instance.
 
@@ -227,15 +238,8 @@ class Client:
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = parse_host(host) if host else host_from_environment()
-        merged = _default_headers()
-        merged.update(headers or {})
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=merged,
-            timeout=httpx.Timeout(timeout) if not isinstance(timeout, httpx.Timeout) else timeout,
-            transport=transport,
-        )
+        self.base_url, settings = _http_settings(host, timeout, headers)
+        self._http = httpx.Client(**settings, transport=transport)
 
     def close(self) -> None:
         self._http.close()
@@ -405,15 +409,8 @@ class AsyncClient:
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = parse_host(host) if host else host_from_environment()
-        merged = _default_headers()
-        merged.update(headers or {})
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=merged,
-            timeout=httpx.Timeout(timeout) if not isinstance(timeout, httpx.Timeout) else timeout,
-            transport=transport,
-        )
+        self.base_url, settings = _http_settings(host, timeout, headers)
+        self._http = httpx.AsyncClient(**settings, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -32,14 +32,16 @@ from power.engine.llama import (
 from power.engine.runner import Runner
 from power.engine.sampling import SequenceSampler
 from power.engine.types import Chunk, EmbedResult, EngineError, GenerationParams
-from power.options import Options
+from power.options import LOAD_OPTIONS, Options
 
 log = logging.getLogger(__name__)
 
 
 @attrs.frozen
 class LoadSpec:
-    """Everything that decides how a model is loaded; a different spec means a reload."""
+    """Everything that decides how a model is loaded; a different spec means a reload.
+
+    Its option fields are exactly `power.options.LOAD_OPTIONS` (see `from_options`)."""
 
     model_path: str
     adapters: tuple[str, ...] = ()
@@ -67,23 +69,15 @@ class LoadSpec:
         kv_cache_type: str = "f16",
         flash_attention: bool | None = None,
     ) -> LoadSpec:
+        values = {name: getattr(options, name) for name in LOAD_OPTIONS}
+        if values["flash_attention"] is None:
+            values["flash_attention"] = flash_attention
         return cls(
             model_path=str(model_path),
             adapters=tuple(str(a) for a in adapters),
-            num_ctx=options.num_ctx,
-            num_batch=options.num_batch,
-            num_gpu=options.num_gpu,
-            main_gpu=options.main_gpu,
-            use_mmap=options.use_mmap,
-            use_mlock=options.use_mlock,
-            numa=options.numa,
-            num_thread=options.num_thread,
-            num_thread_batch=options.num_thread_batch,
-            flash_attention=(
-                options.flash_attention if options.flash_attention is not None else flash_attention
-            ),
             kv_cache_type=kv_cache_type,
             num_parallel=num_parallel,
+            **values,
         )
 
 
