@@ -48,11 +48,13 @@ def _name(text: str) -> ModelName:
         raise RequestError(400, str(exc)) from None
 
 
-async def _blocking(fn: Callable[..., Any], *args: Any) -> Any:
+async def _blocking(fn: Callable[..., Any], *args: Any, subject: ModelName | None = None) -> Any:
+    """Run a store operation in a worker thread; a missing model is a 404 naming `subject`."""
     try:
         return await trio.to_thread.run_sync(fn, *args)
     except ModelNotFoundError as exc:
-        raise RequestError(404, str(exc)) from None
+        message = f"model '{subject.display}' not found" if subject is not None else str(exc)
+        raise RequestError(404, message) from None
     except InvalidNameError as exc:
         raise RequestError(400, str(exc)) from None
 
@@ -68,12 +70,7 @@ async def show() -> Response:
     state = get_state()
     req = parse_request(ShowRequest, await request.get_data())
     name = _name(req.model)
-    try:
-        answer = await _blocking(store_models.show, state.store, name, req.verbose)
-    except RequestError as exc:
-        if exc.status == 404:
-            raise RequestError(404, f"model '{name.display}' not found") from None
-        raise
+    answer = await _blocking(store_models.show, state.store, name, req.verbose, subject=name)
     return jsonify(answer)
 
 
@@ -82,12 +79,7 @@ async def copy() -> Response:
     state = get_state()
     req = parse_request(CopyRequest, await request.get_data())
     source, destination = _name(req.source), _name(req.destination)
-    try:
-        await _blocking(store_models.copy, state.store, source, destination)
-    except RequestError as exc:
-        if exc.status == 404:
-            raise RequestError(404, f"model '{source.display}' not found") from None
-        raise
+    await _blocking(store_models.copy, state.store, source, destination, subject=source)
     return Response("", status=200)
 
 
@@ -96,12 +88,7 @@ async def delete() -> Response:
     state = get_state()
     req = parse_request(DeleteRequest, await request.get_data())
     name = _name(req.model)
-    try:
-        await _blocking(store_models.delete, state.store, name)
-    except RequestError as exc:
-        if exc.status == 404:
-            raise RequestError(404, f"model '{name.display}' not found") from None
-        raise
+    await _blocking(store_models.delete, state.store, name, subject=name)
     await state.manager.unload(name.display)
     return Response("", status=200)
 
