@@ -5,7 +5,7 @@ The base comes from one of:
 - `files` `{file name: digest}` naming uploaded blobs: GGUF files (model, projector or adapter,
   told apart by their metadata) or a safetensors folder's files (converted to GGUF);
 - power's extension: `from` a local path (`/…`, `./…`, `../…`, `~/…`) of a GGUF file (copied
-  in) or of a safetensors folder (converted by `power.registry.convert.convert_folder`). The CLI
+  in) or of a safetensors folder (converted by `power.convert.converter.convert_folder`). The CLI
   uses it for `FROM ./folder` when the server runs on the same machine.
 Then `adapters`, an optional `quantize` of the model layer (F16/BF16/F32 sources only, through
 llama.cpp's `llama_model_quantize`), and layers for template, system, license, params and
@@ -375,7 +375,7 @@ def _convert(
     store: Store, folder: Path, emit: Callable[[str], None], work: Path, created: list[str]
 ) -> _Built:
     """Convert a safetensors folder to a GGUF model layer."""
-    from power.registry.convert import convert_folder  # heavy; only for this path
+    from power.convert.converter import convert_folder  # heavy; only for this path
 
     emit("converting model")
     output = work / "converted.gguf"

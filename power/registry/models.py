@@ -32,7 +32,7 @@ from power.messages import Message
 from power.options import OPTION_TYPES, OptionError, coerce_option
 from power.registry import create as create_ops
 from power.registry.gguf_meta import GGUFInfo, read_gguf_info, read_gguf_info_cached
-from power.registry.govalues import format_float_v, go_quote
+from power.gotemplate.values import format_float_v, go_quote
 from power.registry.modelfile import format_modelfile
 from power.registry.names import ModelName
 from power.registry.store import (

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from power.messages import Message, Tool, ToolCall
-from power.registry.govalues import (
+from power.gotemplate.values import (
     GoStruct,
     JsonStringList,
     JsonStringMap,
