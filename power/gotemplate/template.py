@@ -26,7 +26,6 @@ import attrs
 
 from power.gotemplate import funcs as gf
 from power.gotemplate import values as gv
-from power.gotemplate.printf import go_sprintf
 from power.gotemplate.parse import (
     ActionNode,
     BranchNode,
@@ -48,6 +47,7 @@ from power.gotemplate.parse import (
     TextNode,
     VariableNode,
 )
+from power.gotemplate.printf import go_sprintf
 
 __all__ = ["BUILTINS", "GoStruct", "Template", "TemplateError"]
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from power.messages import Message, Tool, ToolCall
 from power.gotemplate.values import (
     GoStruct,
     JsonStringList,
@@ -32,6 +31,7 @@ from power.gotemplate.values import (
     OrderedJsonMap,
     marshal_json,
 )
+from power.messages import Message, Tool, ToolCall
 
 _TOOL_PROPERTY_TAGS = {
     "AnyOf": "anyOf,omitempty",
