@@ -127,15 +127,7 @@ async def generate_job(
                     tokens = list(req.context) + model.tokenize(
                         prompt_text, add_special=not req.context
                     )
-                params = generation_params(
-                    tokens,
-                    options,
-                    grammar=grammar,
-                    logprobs=req.logprobs,
-                    top_logprobs=req.top_logprobs,
-                    truncate=req.truncate,
-                    shift=req.shift,
-                )
+                params = generation_params(tokens, options, grammar, req)
                 shaper = (
                     OutputShaper(think=True, tools=[], template_hint=None, prompt=prompt_text)
                     if think
@@ -185,15 +177,7 @@ async def chat_job(
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async with use_model(state, ref, options, req.keep_alive) as model:
             try:
-                params = generation_params(
-                    model.tokenize(prompt_text),
-                    options,
-                    grammar=grammar,
-                    logprobs=req.logprobs,
-                    top_logprobs=req.top_logprobs,
-                    truncate=req.truncate,
-                    shift=req.shift,
-                )
+                params = generation_params(model.tokenize(prompt_text), options, grammar, req)
                 shaper = OutputShaper(
                     think=think, tools=req.tools, template_hint=hint, prompt=prompt_text
                 )

@@ -21,7 +21,7 @@ from power.engine.grammar import JSON_GBNF, json_schema_to_gbnf
 from power.engine.model import LoadedModel, LoadSpec
 from power.engine.types import EngineError, GenerationParams
 from power.http.model_json import details_json
-from power.http.schemas import RequestError
+from power.http.schemas import ChatRequest, GenerateRequest, RequestError
 from power.http.state import ServerState
 from power.options import OptionError, Options
 from power.registry.gguf_meta import GGUFInfo, read_gguf_info_cached
@@ -143,21 +143,18 @@ def grammar_for(format_: str | dict | None) -> str | None:
 def generation_params(
     tokens: list[int],
     options: Options,
-    *,
     grammar: str | None,
-    logprobs: bool,
-    top_logprobs: int,
-    truncate: bool | None,
-    shift: bool | None,
+    request: GenerateRequest | ChatRequest,
 ) -> GenerationParams:
-    """One generation's parameters (`truncate` and `shift` default to on; `grammar` comes from
-    `grammar_for`, called before anything loads so that a bad schema is a plain 400)."""
+    """One generation's parameters: the request's logprobs, truncate and shift (the last two
+    default to on); `grammar` comes from `grammar_for`, called before anything loads so that a
+    bad schema is a plain 400."""
     return GenerationParams(
         prompt=tuple(tokens),
         options=options,
         grammar=grammar,
-        logprobs=logprobs,
-        top_logprobs=top_logprobs,
-        truncate=True if truncate is None else truncate,
-        shift=True if shift is None else shift,
+        logprobs=request.logprobs,
+        top_logprobs=request.top_logprobs,
+        truncate=True if request.truncate is None else request.truncate,
+        shift=True if request.shift is None else request.shift,
     )

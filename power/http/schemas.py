@@ -536,6 +536,9 @@ class PushRequest(PullRequest):
     """`POST /api/push` (`name` accepted for old clients): the same fields as a pull."""
 
 
+# `POST /api/create` parses into the registry's `CreateRequest` (the one create request type):
+# `from` is `from_`; `name` and `quantization` are old clients' spellings; `parameters` are
+# coerced like options; a `modelfile` text (pre-0.5 clients) is ignored.
 wire_request(
     CreateRequest,
     lambda request: require_model(request.model),
@@ -546,9 +549,6 @@ wire_request(
     messages={"parse": list_of(parse_message)},
     quantize={"aliases": ("quantization",)},
 )
-"""`POST /api/create` parses into the registry's `CreateRequest` (the one create request type):
-`from` is `from_`; `name` and `quantization` are old clients' spellings; `parameters` are coerced
-like options; a `modelfile` text (pre-0.5 clients) is ignored."""
 
 
 @request_class
