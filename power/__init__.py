@@ -4,7 +4,7 @@
 - `power.Client` / `power.AsyncClient`: HTTP clients of a running `power serve`.
 """
 
-__version__ = "0.1.0"
+from power.version import __version__
 
 
 def __getattr__(name: str):  # lazy: `import power` stays cheap and free of httpx

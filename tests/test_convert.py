@@ -1,4 +1,4 @@
-"""power.registry.convert: Hugging Face folders -> GGUF, checked by running the result in llama.cpp.
+"""power.convert.converter: Hugging Face folders -> GGUF, checked by running the result in llama.cpp.
 
 - all-MiniLM-L6-v2 (the real sentence-transformers folder) converts; llama.cpp embeds with it,
   tokenizes exactly as BERT's WordPiece does, and its embeddings match an independent numpy
@@ -20,7 +20,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from power.registry.convert import ConversionError, convert_folder, quantize
+from power.convert.converter import ConversionError, convert_folder, quantize
 from tests.convert_tiny_models import make_gemma3, make_llama, make_qwen2, reference_logits
 from tests.minilm_reference import MiniLMReference
 

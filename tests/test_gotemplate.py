@@ -7,8 +7,8 @@ import datetime
 import attrs
 import pytest
 
-from power.registry.gotemplate import GoStruct, Template, TemplateError
-from power.registry.govalues import format_float_json, format_float_v
+from power.gotemplate.template import GoStruct, Template, TemplateError
+from power.gotemplate.values import format_float_json, format_float_v
 
 
 def render(source: str, data: object = None) -> str:

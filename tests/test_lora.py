@@ -18,6 +18,7 @@ from power.engine import GenerationParams, load
 from power.engine.llama import LlamaContext, LlamaError, LlamaModel
 from power.options import Options
 from power.registry import models
+from power.registry.create import CreateRequest
 from power.registry.store import Store
 
 pytestmark = pytest.mark.slow
@@ -159,26 +160,27 @@ def test_model_created_with_an_adapter_is_served_with_it(gemma_gguf, adapters, t
     models.import_gguf(store, "gemma-base", gemma_gguf)
     digest = store.add_blob_file(adapters["strong"])
     models.create(
-        store, {"model": "gemma-lora", "from": "gemma-base", "adapters": {"adapter.gguf": digest}}
+        store,
+        CreateRequest(model="gemma-lora", from_="gemma-base", adapters={"adapter.gguf": digest}),
     )
     other = write_lora_adapter(
         gemma_gguf, tmp_path / "llama.gguf", layers=(0,), architecture="llama"
     )
     models.create(
         store,
-        {
-            "model": "gemma-bad-lora",
-            "from": "gemma-base",
-            "adapters": {"adapter.gguf": store.add_blob_file(other)},
-        },
+        CreateRequest(
+            model="gemma-bad-lora",
+            from_="gemma-base",
+            adapters={"adapter.gguf": store.add_blob_file(other)},
+        ),
     )
 
     resolved = models.resolve(store, "gemma-lora")
     assert resolved.adapter_paths == [store.blob_path(digest)]
     assert resolved.model_path == models.resolve(store, "gemma-base").model_path
-    modelfile = models.show(store, "gemma-lora")["modelfile"]
+    modelfile = models.show(store, "gemma-lora").modelfile
     assert f"ADAPTER {store.blob_path(digest)}" in modelfile.splitlines()
-    assert "ADAPTER" not in models.show(store, "gemma-base")["modelfile"]
+    assert "ADAPTER" not in models.show(store, "gemma-base").modelfile
 
     with run_power_server(root) as url, httpx.Client(base_url=url, timeout=120) as client:
         base = _generate(client, "gemma-base")

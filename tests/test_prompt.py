@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from power.messages import Message, Tool, ToolCall, ToolCallFunction, ToolFunction
-from power.registry.prompt import (
+from power.prompt.render import (
     TemplateError,
     collate,
     fit_messages,

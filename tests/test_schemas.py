@@ -18,7 +18,6 @@ from power.http.openai_schemas import (
 from power.http.schemas import (
     ChatRequest,
     CopyRequest,
-    CreateRequest,
     DeleteRequest,
     EmbeddingsRequest,
     EmbedRequest,
@@ -32,6 +31,7 @@ from power.http.schemas import (
     tool_call_to_json,
 )
 from power.messages import Message, ToolCall, ToolCallFunction
+from power.registry.create import CreateRequest
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 PNG_B64 = base64.b64encode(PNG).decode()

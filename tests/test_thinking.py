@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from power.http.thinking import ThinkingParser, ThinkingState, suffix_overlap
+from power.prompt.thinking import ThinkingParser, ThinkingState, suffix_overlap
 
 DEEPSEEK_R1 = (
     "<think>\nOkay, the user asks for the capital of France. That's Paris.\n"

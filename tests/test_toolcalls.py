@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from power.http.toolcalls import (
+from power.prompt.toolcalls import (
     JsonScanner,
     ToolCallMode,
     ToolCallParser,

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from power.cli import display
-from power.cli.main import err, out
+from power.cli.common import err, out
 from power.cli.run import THINK_LEVELS, RunSettings, apply_show, chat_once, load_model
 from power.client import Client, ResponseError
 from power.options import OptionError, coerce_option

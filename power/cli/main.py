@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from docopt import DocoptExit, docopt
 
-from power import __version__
 from power.cli import display
+from power.cli.common import CommandError, err, out, pull_with_progress
 from power.cli.progress import Progress, ProgressTracker
 from power.cli.usage import (
     CP_USAGE,
@@ -39,23 +39,10 @@ from power.cli.usage import (
     VERSION_USAGE,
 )
 from power.client import Client, ResponseError
+from power.version import __version__
 
 if TYPE_CHECKING:
     from power.registry.modelfile import Modelfile
-
-
-class CommandError(Exception):
-    """A failure to report as one `Error: ...` line (exit status 1)."""
-
-
-def out(text: str = "", end: str = "\n") -> None:
-    sys.stdout.write(text + end)
-    sys.stdout.flush()
-
-
-def err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
 
 
 # ---------------------------------------------------------------- simple commands
@@ -176,17 +163,6 @@ def cmd_help(args: dict[str, Any]) -> int:
 
 
 # ---------------------------------------------------------------- registry transfers
-
-
-def pull_with_progress(client: Client, name: str, insecure: bool = False) -> None:
-    """Pull `name`, drawing per-layer bars and status lines on stderr."""
-    progress = Progress()
-    tracker = ProgressTracker(progress, verb="pulling", skip_zero=True)
-    try:
-        for chunk in client.pull(name, insecure=insecure, stream=True):
-            tracker.feed(chunk)
-    finally:
-        progress.stop()
 
 
 def cmd_pull(args: dict[str, Any]) -> int:
@@ -332,9 +308,37 @@ def cmd_create(args: dict[str, Any]) -> int:
 
 
 def cmd_run(args: dict[str, Any]) -> int:
-    from power.cli.run import run_command
+    """One answer (a prompt given or piped, or an embedding model), else the chat session."""
+    from power.cli import run  # deferred: only `run` needs the chat code
+    from power.cli.interactive import ChatSession
 
-    return run_command(args)
+    settings = run.settings_from_args(args)
+    piped = run.read_piped_stdin()
+    prompts = [*args["PROMPT"]]
+    if args.get("--prompt"):
+        prompts.append(args["--prompt"])
+    if piped:
+        prompts.insert(0, piped)
+    prompt = " ".join(prompts)
+    interactive = not prompts and not piped and sys.stdin.isatty() and sys.stdout.isatty()
+    with Client() as client:
+        info = run.show_or_pull(client, settings.model, bool(args.get("--insecure")))
+        run.apply_show(settings, info)
+        capabilities = info.get("capabilities") or []
+        if "embedding" in capabilities and "completion" not in capabilities:
+            return run.embed_once(client, settings, prompt)
+        if not interactive:
+            run.generate_once(client, settings, prompt)
+            return 0
+        run.load_model(client, settings)
+        for message in settings.loaded_messages:
+            if message.get("role") == "user":
+                out(f">>> {message.get('content', '')}")
+            elif message.get("role") == "assistant":
+                out(run.answer_printer(settings).wrapper.feed(message.get("content", "")) + "\n")
+        if settings.system:
+            settings.messages.append({"role": "system", "content": settings.system})
+        return ChatSession(client, settings).loop()
 
 
 # ---------------------------------------------------------------- dispatch

@@ -3,7 +3,8 @@
 prompts through /api/generate, embeddings for embedding models, pulling a missing model.
 
 A prompt from the arguments, `--prompt` or piped stdin runs once and exits; with none, and
-both stdin and stdout on a terminal, `run_command` hands over to `interactive.ChatSession`.
+both stdin and stdout on a terminal, `main.cmd_run` hands over to `interactive.ChatSession`
+(which builds on this module; this module never imports it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import attrs
 
 from power import durations
 from power.cli import display
-from power.cli.main import CommandError, out, pull_with_progress
+from power.cli.common import CommandError, out, pull_with_progress
 from power.cli.progress import Progress
 from power.client import Client, ResponseError
 from power.options import OptionError, coerce_option
@@ -182,7 +183,7 @@ class AnswerPrinter:
             self.stream.flush()
 
 
-def _printer(settings: RunSettings) -> AnswerPrinter:
+def answer_printer(settings: RunSettings) -> AnswerPrinter:
     width = shutil.get_terminal_size((80, 24)).columns
     return AnswerPrinter(
         sys.stdout,
@@ -202,7 +203,7 @@ def stream_answer(
     """
     progress = Progress()
     progress.spinner("")
-    printer = _printer(settings)
+    printer = answer_printer(settings)
     content: list[str] = []
     final = None
     try:
@@ -306,38 +307,6 @@ def read_piped_stdin() -> str:
     if sys.stdin is None or sys.stdin.isatty():
         return ""
     return sys.stdin.read()
-
-
-def run_command(args: dict[str, Any]) -> int:
-    settings = settings_from_args(args)
-    piped = read_piped_stdin()
-    prompts = [*args["PROMPT"]]
-    if args.get("--prompt"):
-        prompts.append(args["--prompt"])
-    if piped:
-        prompts.insert(0, piped)
-    prompt = " ".join(prompts)
-    interactive = not prompts and not piped and sys.stdin.isatty() and sys.stdout.isatty()
-    with Client() as client:
-        info = show_or_pull(client, settings.model, bool(args.get("--insecure")))
-        apply_show(settings, info)
-        capabilities = info.get("capabilities") or []
-        if "embedding" in capabilities and "completion" not in capabilities:
-            return embed_once(client, settings, prompt)
-        if not interactive:
-            generate_once(client, settings, prompt)
-            return 0
-        load_model(client, settings)
-        for message in settings.loaded_messages:
-            if message.get("role") == "user":
-                out(f">>> {message.get('content', '')}")
-            elif message.get("role") == "assistant":
-                out(_printer(settings).wrapper.feed(message.get("content", "")) + "\n")
-        if settings.system:
-            settings.messages.append({"role": "system", "content": settings.system})
-        from power.cli.interactive import ChatSession
-
-        return ChatSession(client, settings).loop()
 
 
 def embed_once(client: Client, settings: RunSettings, prompt: str) -> int:

@@ -1,0 +1,23 @@
+"""The HTTP API: Ollama's native routes and the OpenAI-compatible ones, over shared jobs.
+
+Layers inside, top down (arrows point down only):
+- `server` (hypercorn and the model manager in one nursery) → `app` (`create_app`: guards,
+  CORS, error bodies; registers the route modules);
+- one route module per API style: `routes_native` (/api/generate, /api/chat, /api/embed…),
+  `routes_openai` (/v1/…, with `openai_compat` translating native chunks and `openai_schemas`
+  parsing OpenAI bodies), `routes_models` (store and registry routes), `routes_misc`
+  (/, version, health, metrics, usage). A new API style is one more such module;
+- `jobs`: generate, chat and embed as every API style runs them, yielding native chunks;
+- `running` (the one place that builds the engine's inputs: model resolution, options,
+  `LoadSpec`, instance info, `GenerationParams`), `model_json` (the registry's typed results as
+  Ollama's JSON), `schemas` (JSON bodies → typed requests, `RequestError`), `streaming`
+  (NDJSON/SSE), `state` (`ServerState`, `get_state`), `metrics`.
+
+Contract: JSON is parsed here into typed objects and written here from typed objects; nothing
+below `power.http` sees a request's raw dict. A client disconnect cancels the response body's
+task, which releases the engine sequence.
+
+May import: `power.engine`, `power.prompt`, `power.registry`, and the shared leaf modules
+(`power.config`, `power.options`, `power.messages`, `power.durations`, `power.version`).
+Never `power.cli`.
+"""

@@ -4,6 +4,9 @@ Cross-cutting rules live here: the DNS-rebinding guard (non-local Host headers a
 bound to loopback, as Ollama does), the optional API key, CORS (Ollama's default origins plus
 `POWER_ORIGINS`/`OLLAMA_ORIGINS`), JSON error bodies for 404/405/413, request metrics, and
 `RESPONSE_TIMEOUT = None` so that long generations are never cut.
+
+This is the top of `power.http`: it imports the route modules to register them; they reach the
+shared state through `power.http.state`, never through this module.
 """
 
 from __future__ import annotations
@@ -14,15 +17,14 @@ import logging
 import socket
 import time
 
-import attrs
-from quart import Response, g, jsonify, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from power.config import Settings
-from power.engine.manager import ModelManager
-from power.http.metrics import Metrics
-from power.registry.store import Store
+from power.engine.types import EngineError
+from power.http import routes_misc, routes_models, routes_native, routes_openai
+from power.http.schemas import RequestError
+from power.http.state import ServerState, error_response
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +36,6 @@ DEFAULT_ORIGINS = tuple(
     for host in ("localhost", "127.0.0.1", "0.0.0.0", "[::1]")
     for port in ("", ":*")
 ) + ("app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*")
-
-
-@attrs.define
-class ServerState:
-    settings: Settings
-    store: Store
-    manager: ModelManager
-    metrics: Metrics
-
-
-def error_response(status: int, message: str) -> Response:
-    response = jsonify({"error": message})
-    response.status_code = status
-    return response
 
 
 def _is_loopback_bind(host: str) -> bool:
@@ -149,9 +137,6 @@ def create_app(state: ServerState) -> QuartTrio:
         }
         return error_response(status, messages.get(status, exc.description or exc.name))
 
-    from power.engine.types import EngineError
-    from power.http.schemas import RequestError
-
     @app.errorhandler(RequestError)
     async def _request_error(exc: RequestError) -> Response:
         return error_response(exc.status, exc.message)
@@ -164,8 +149,6 @@ def create_app(state: ServerState) -> QuartTrio:
     async def _unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, f"internal error: {exc}")
-
-    from power.http import routes_misc, routes_models, routes_native, routes_openai
 
     app.register_blueprint(routes_misc.blueprint)
     app.register_blueprint(routes_native.blueprint)
@@ -187,9 +170,3 @@ def _cors(response: Response, origin: str) -> None:
         "x-stainless-retry-count, x-stainless-async, x-stainless-helper-method, "
         "x-stainless-poll-helper, x-stainless-custom-poll-interval, x-stainless-timeout"
     )
-
-
-def get_state() -> ServerState:
-    from quart import current_app
-
-    return current_app.extensions["power"]

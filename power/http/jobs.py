@@ -1,44 +1,52 @@
-"""Generation jobs shared by the native and OpenAI routes.
+"""The generation jobs every API style shares: generate, chat, embed.
 
 `generate_job` / `chat_job` validate and resolve everything that can fail with a 4xx before
 anything runs, then return either an immediate answer (a dict: model loaded or unloaded, or the
 rendered prompt for `_debug_render_only`) or an async iterator of native chunks whose first
 step acquires the model (loading it if needed) and whose exit releases it.
+
+Native chunks are Ollama's response objects (`model`, `created_at`, `response` or `message`,
+`thinking`, `logprobs`, `done`, and the metrics on the last one): /api/generate and /api/chat
+write them as they are, and every other API style (`openai_compat`) translates them, as
+Ollama's own compatibility layer does. `merge_stream` turns a whole stream into one object.
+
+A generation's path: `running.resolve_model` → `running.effective_options` → the prompt
+(`power.prompt.model`) → tokenize → `running.use_model` → `model.generate` → each engine chunk
+through `power.prompt.output.OutputShaper` (thinking, tool calls) → native chunks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from power.engine.types import EngineError, GenerationParams
-from power.http.inference import (
+from power.engine.model import LoadedModel
+from power.engine.types import Chunk, EngineError, GenerationParams, TokenLogprob
+from power.http.running import (
     ModelRef,
-    OutputShaper,
     effective_options,
+    generation_params,
     grammar_for,
-    render_messages_prompt,
     resolve_model,
-    special_tokens,
-    stream_generation,
     think_enabled,
     use_model,
 )
-from power.http.schemas import ChatRequest, GenerateRequest, RequestError
+from power.http.schemas import ChatRequest, GenerateRequest, RequestError, tool_call_to_json
+from power.http.state import ServerState
 from power.http.streaming import rfc3339_now
+from power.prompt.model import chat_prompt, generate_prompt, tool_call_hint
+from power.prompt.output import OutputShaper
+from power.prompt.render import template_uses
 
 Outcome = dict[str, Any] | AsyncIterator[dict[str, Any]]
 
 
 async def _load_or_unload(
-    state, ref: ModelRef, options, keep_alive, *, kind: str
+    state: ServerState, ref: ModelRef, options, keep_alive, *, kind: str
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": ref.name, "created_at": rfc3339_now()}
-    if kind == "chat":
-        out["message"] = {"role": "assistant", "content": ""}
-    else:
-        out["response"] = ""
-    out["done"] = True
+    out = _empty_answer(ref, kind)
     if keep_alive is not None and keep_alive <= 0:
         await state.manager.unload(ref.name)
         out["done_reason"] = "unload"
@@ -60,8 +68,17 @@ def _check_runnable(ref: ModelRef, images: list[bytes]) -> None:
         raise RequestError(501, "image input is not supported by this power build yet")
 
 
+def _empty_answer(ref: ModelRef, kind: str) -> dict[str, Any]:
+    """A final native chunk with no output (load, unload, `_debug_render_only`)."""
+    return {**_native_chunk(ref, kind, "", "", []), "done": True}
+
+
+def _debug_answer(ref: ModelRef, kind: str, prompt_text: str) -> dict[str, Any]:
+    return {**_empty_answer(ref, kind), "debug": {"rendered_template": prompt_text}}
+
+
 async def generate_job(
-    state, req: GenerateRequest, *, t_start: int, debug: bool = False
+    state: ServerState, req: GenerateRequest, *, t_start: int, debug: bool = False
 ) -> Outcome:
     """A load/unload/debug answer (dict), or the native chunks of a generation."""
     ref = resolve_model(state, req.model)
@@ -70,79 +87,52 @@ async def generate_job(
         return await _load_or_unload(state, ref, options, req.keep_alive, kind="generate")
     _check_runnable(ref, req.images)
     think = think_enabled(ref, req.think)
-    resolved = ref.resolved
-    template = req.template or resolved.template
+    template = req.template or ref.resolved.template
     fim = False
-    if req.raw:
-        prompt_text = req.prompt
-    else:
-        from power.registry.prompt import render_generate, template_uses
-
+    prompt_text = req.prompt
+    if not req.raw:
         if req.suffix and "insert" not in ref.capabilities:
             raise RequestError(400, f'"{ref.name}" does not support insert')
         # fill-in-the-middle with the vocabulary's FIM tokens when the template has no .Suffix
         fim = bool(req.suffix) and not (template and template_uses(template, "Suffix"))
-        prompt_text = req.prompt
-    if not req.raw and not fim:
-        try:
-            prompt_text = render_generate(
-                req.prompt,
-                template=req.template or resolved.template,
-                jinja_template=None
-                if (req.template or resolved.template)
-                else ref.info.chat_template,
-                system=req.system or resolved.system or None,
-                suffix=req.suffix or None,
-                think=req.think,
-                special_tokens=special_tokens(ref.info),
-                messages=list(resolved.messages) or None,
-            )
-        except Exception as exc:  # noqa: BLE001
-            raise RequestError(400, f"template error: {exc}") from None
+        if not fim:
+            try:
+                prompt_text = generate_prompt(
+                    ref.resolved,
+                    ref.info,
+                    req.prompt,
+                    template=req.template,
+                    system=req.system,
+                    suffix=req.suffix,
+                    think=req.think,
+                )
+            except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
+                raise RequestError(400, f"template error: {exc}") from None
     if debug:
         if fim:
             async with use_model(state, ref, options, req.keep_alive) as model:
                 prompt_text = model.detokenize(model.fim_tokens(req.prompt, req.suffix))
-        return {
-            "model": ref.name,
-            "created_at": rfc3339_now(),
-            "response": "",
-            "done": True,
-            "debug": {"rendered_template": prompt_text},
-        }
+        return _debug_answer(ref, "generate", prompt_text)
     grammar = grammar_for(req.format)
-    truncate = True if req.truncate is None else req.truncate
-    shift = True if req.shift is None else req.shift
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async with use_model(state, ref, options, req.keep_alive) as model:
-            if fim:
-                try:
-                    tokens = model.fim_tokens(req.prompt, req.suffix)
-                except EngineError as exc:
-                    raise RequestError(exc.status, str(exc)) from None
-            else:
-                n_vocab = model.model.n_vocab
-                if any(not 0 <= t < n_vocab for t in req.context):
-                    raise RequestError(400, f"context holds token ids outside 0..{n_vocab - 1}")
-                tokens = list(req.context) + model.tokenize(
-                    prompt_text, add_special=not req.context
-                )
-            params = GenerationParams(
-                prompt=tuple(tokens),
-                options=options,
-                grammar=grammar,
-                logprobs=req.logprobs,
-                top_logprobs=req.top_logprobs,
-                truncate=truncate,
-                shift=shift,
-            )
-            shaper = (
-                OutputShaper(think=think, tools=[], template_hint=None, prompt=prompt_text)
-                if think
-                else None
-            )
             try:
+                if fim:
+                    tokens = model.fim_tokens(req.prompt, req.suffix)
+                else:
+                    n_vocab = model.model.n_vocab
+                    if any(not 0 <= t < n_vocab for t in req.context):
+                        raise RequestError(400, f"context holds token ids outside 0..{n_vocab - 1}")
+                    tokens = list(req.context) + model.tokenize(
+                        prompt_text, add_special=not req.context
+                    )
+                params = generation_params(tokens, options, grammar, req)
+                shaper = (
+                    OutputShaper(think=True, tools=[], template_hint=None, prompt=prompt_text)
+                    if think
+                    else None
+                )
                 async for chunk in stream_generation(
                     state,
                     ref,
@@ -152,7 +142,7 @@ async def generate_job(
                     shaper=shaper,
                     t_start_ns=t_start,
                     load_ns=model.load_ns_since(t_start),
-                    extra_final={"context": not req.raw},
+                    with_context=not req.raw,
                 ):
                     yield chunk
             except EngineError as exc:
@@ -161,7 +151,9 @@ async def generate_job(
     return chunks()
 
 
-async def chat_job(state, req: ChatRequest, *, t_start: int, debug: bool = False) -> Outcome:
+async def chat_job(
+    state: ServerState, req: ChatRequest, *, t_start: int, debug: bool = False
+) -> Outcome:
     """A load/unload/debug answer (dict), or the native chunks of a chat turn."""
     ref = resolve_model(state, req.model)
     options = effective_options(state, ref, req.options)
@@ -171,35 +163,24 @@ async def chat_job(state, req: ChatRequest, *, t_start: int, debug: bool = False
     if req.tools:
         ref.require("tools")
     think = think_enabled(ref, req.think)
-    prompt_text = render_messages_prompt(ref, req.messages, tools=req.tools, think=req.think)
+    try:
+        prompt_text = chat_prompt(
+            ref.resolved, ref.info, req.messages, tools=req.tools, think=req.think
+        )
+    except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
+        raise RequestError(400, f"template error: {exc}") from None
     if debug:
-        return {
-            "model": ref.name,
-            "created_at": rfc3339_now(),
-            "message": {"role": "assistant", "content": ""},
-            "done": True,
-            "debug": {"rendered_template": prompt_text},
-        }
+        return _debug_answer(ref, "chat", prompt_text)
     grammar = grammar_for(req.format)
-    truncate = True if req.truncate is None else req.truncate
-    shift = True if req.shift is None else req.shift
-    hint = ref.resolved.template or ref.info.chat_template
+    hint = tool_call_hint(ref.resolved, ref.info)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async with use_model(state, ref, options, req.keep_alive) as model:
-            params = GenerationParams(
-                prompt=tuple(model.tokenize(prompt_text)),
-                options=options,
-                grammar=grammar,
-                logprobs=req.logprobs,
-                top_logprobs=req.top_logprobs,
-                truncate=truncate,
-                shift=shift,
-            )
-            shaper = OutputShaper(
-                think=think, tools=req.tools, template_hint=hint, prompt=prompt_text
-            )
             try:
+                params = generation_params(model.tokenize(prompt_text), options, grammar, req)
+                shaper = OutputShaper(
+                    think=think, tools=req.tools, template_hint=hint, prompt=prompt_text
+                )
                 async for chunk in stream_generation(
                     state,
                     ref,
@@ -218,10 +199,137 @@ async def chat_job(state, req: ChatRequest, *, t_start: int, debug: bool = False
 
 
 async def embed_texts(
-    state, ref: ModelRef, inputs: list[str], *, options, keep_alive, truncate, dimensions
+    state: ServerState,
+    ref: ModelRef,
+    inputs: list[str],
+    *,
+    options,
+    keep_alive,
+    truncate,
+    dimensions,
 ):
+    """Embed `inputs` with `ref`; returns (the engine's EmbedResult, the loaded model)."""
     async with use_model(state, ref, options, keep_alive) as model:
         try:
             return await model.embed(inputs, truncate=truncate, dimensions=dimensions), model
         except EngineError as exc:
             raise RequestError(exc.status, str(exc)) from None
+
+
+# ---------------------------------------------------------------- native chunks
+
+
+def logprobs_json(items: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "token": lp.token,
+            "logprob": lp.logprob,
+            "bytes": list(lp.bytes),
+            "top_logprobs": [
+                {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+                for t in lp.top_logprobs
+            ],
+        }
+        for lp in items
+    ]
+
+
+def final_metrics(chunk: Chunk, t_start_ns: int, load_ns: int) -> dict[str, Any]:
+    return {
+        "done_reason": chunk.done_reason.value if chunk.done_reason else "stop",
+        "total_duration": time.perf_counter_ns() - t_start_ns,
+        "load_duration": load_ns,
+        "prompt_eval_count": chunk.prompt_eval_count,
+        "prompt_eval_duration": chunk.prompt_eval_duration,
+        "eval_count": chunk.eval_count,
+        "eval_duration": chunk.eval_duration,
+    }
+
+
+def _native_chunk(
+    ref: ModelRef, kind: str, thinking: str, content: str, calls: list
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": ref.name, "created_at": rfc3339_now()}
+    if kind == "chat":
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            message["thinking"] = thinking
+        if calls:
+            message["tool_calls"] = [tool_call_to_json(c) for c in calls]
+        out["message"] = message
+    else:
+        out["response"] = content
+        if thinking:
+            out["thinking"] = thinking
+    return out
+
+
+async def stream_generation(
+    state: ServerState,
+    ref: ModelRef,
+    model: LoadedModel,
+    params: GenerationParams,
+    *,
+    kind: str,
+    shaper: OutputShaper | None,
+    t_start_ns: int,
+    load_ns: int,
+    with_context: bool = False,
+) -> AsyncIterator[dict[str, Any]]:
+    """Native chunks of one generation (`kind` is "generate" or "chat"); the last one carries
+    the metrics, and `context` when `with_context` (generate only)."""
+    first = True
+    async with contextlib.aclosing(model.generate(params)) as stream:
+        async for chunk in stream:
+            if first and (chunk.text or chunk.done):
+                state.metrics.ttft.labels(model=ref.name).observe(
+                    (time.perf_counter_ns() - t_start_ns) / 1e9
+                )
+                first = False
+            thinking, content, calls = ("", chunk.text, [])
+            if shaper is not None:
+                thinking, content, calls = shaper.feed(chunk.text, final=chunk.done)
+            out = _native_chunk(ref, kind, thinking, content, calls)
+            if chunk.logprobs:
+                out["logprobs"] = logprobs_json(chunk.logprobs)
+            if not chunk.done:
+                if not (content or thinking or calls or chunk.logprobs):
+                    continue
+                out["done"] = False
+                yield out
+                continue
+            out["done"] = True
+            out.update(final_metrics(chunk, t_start_ns, load_ns))
+            if chunk.truncated:
+                # unlike Ollama, say so: the prompt did not fit num_ctx and lost its middle
+                out["prompt_truncated"] = True
+            if kind == "generate" and with_context:
+                out["context"] = list(chunk.context)
+            state.metrics.record_generation(ref.name, chunk.prompt_eval_count, chunk.eval_count)
+            yield out
+
+
+def merge_stream(chunks: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """One response object from a whole stream (for `stream: false`)."""
+    if not chunks:
+        raise EngineError("no output")
+    final = dict(chunks[-1])
+    if kind == "chat":
+        content = "".join(c["message"].get("content", "") for c in chunks)
+        thinking = "".join(c["message"].get("thinking", "") for c in chunks)
+        calls = [call for c in chunks for call in c["message"].get("tool_calls", [])]
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            message["thinking"] = thinking
+        if calls:
+            message["tool_calls"] = calls
+        final["message"] = message
+    else:
+        final["response"] = "".join(c.get("response", "") for c in chunks)
+        thinking = "".join(c.get("thinking", "") for c in chunks)
+        if thinking:
+            final["thinking"] = thinking
+    logprobs = [lp for c in chunks for lp in c.get("logprobs", [])]
+    if logprobs:
+        final["logprobs"] = logprobs
+    return final

@@ -6,8 +6,8 @@ import time
 
 from quart import Blueprint, Response, jsonify
 
-import power
-from power.http.app import get_state
+from power.http.state import get_state
+from power.version import __version__
 
 blueprint = Blueprint("misc", __name__)
 
@@ -19,7 +19,7 @@ async def root() -> Response:
 
 @blueprint.route("/api/version", methods=["GET", "HEAD"])
 async def version() -> Response:
-    return jsonify({"version": power.__version__})
+    return jsonify({"version": __version__})
 
 
 @blueprint.route("/health", methods=["GET", "HEAD"])
@@ -29,7 +29,7 @@ async def health() -> Response:
     return jsonify(
         {
             "status": "ok",
-            "version": power.__version__,
+            "version": __version__,
             "uptime_seconds": round(time.time() - state.metrics.started, 3),
             "loaded_models": [
                 {

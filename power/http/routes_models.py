@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import math
 import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +21,9 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request
 
-from power.http.app import get_state
+from power.http.model_json import entry_json, show_json
 from power.http.schemas import (
     CopyRequest,
-    CreateRequest,
     DeleteRequest,
     PullRequest,
     PushRequest,
@@ -30,11 +31,19 @@ from power.http.schemas import (
     ShowRequest,
     parse_request,
 )
+from power.http.state import get_state
 from power.http.streaming import ndjson_line
 from power.registry import models as store_models
-from power.registry.models import ModelNotFoundError
+from power.registry.create import CreateRequest
 from power.registry.names import InvalidNameError, ModelName
-from power.registry.store import DigestMismatchError, InvalidDigestError, parse_digest
+from power.registry.pull import pull_model
+from power.registry.push import push_model
+from power.registry.store import (
+    DigestMismatchError,
+    InvalidDigestError,
+    ModelNotFoundError,
+    parse_digest,
+)
 
 blueprint = Blueprint("models", __name__)
 
@@ -62,7 +71,8 @@ async def _blocking(fn: Callable[..., Any], *args: Any, subject: ModelName | Non
 @blueprint.route("/api/tags", methods=["GET", "HEAD"])
 async def tags() -> Response:
     state = get_state()
-    return jsonify({"models": await _blocking(store_models.list_models, state.store)})
+    entries = await _blocking(store_models.list_models, state.store)
+    return jsonify({"models": [entry_json(entry) for entry in entries]})
 
 
 @blueprint.route("/api/show", methods=["POST"])
@@ -70,8 +80,8 @@ async def show() -> Response:
     state = get_state()
     req = parse_request(ShowRequest, await request.get_data())
     name = _name(req.model)
-    answer = await _blocking(store_models.show, state.store, name, req.verbose, subject=name)
-    return jsonify(answer)
+    shown = await _blocking(store_models.show, state.store, name, req.verbose, subject=name)
+    return jsonify(show_json(shown))
 
 
 @blueprint.route("/api/copy", methods=["POST"])
@@ -203,38 +213,10 @@ def _is_local_path(text: str) -> bool:
 
 
 def _from_loopback() -> bool:
-    import ipaddress
-
     try:
         return ipaddress.ip_address(request.remote_addr or "").is_loopback
     except ValueError:
         return False
-
-
-def _create_json(req: CreateRequest) -> dict[str, Any]:
-    """The validated request in the shape `power.registry.models.create` takes."""
-    from power.http.schemas import message_to_json
-
-    out: dict[str, Any] = {"model": req.model}
-    if req.from_:
-        out["from"] = req.from_
-    if req.files:
-        out["files"] = dict(req.files)
-    if req.adapters:
-        out["adapters"] = dict(req.adapters)
-    if req.template is not None:
-        out["template"] = req.template
-    if req.system is not None:
-        out["system"] = req.system
-    if req.license is not None:
-        out["license"] = list(req.license)
-    if req.parameters:
-        out["parameters"] = dict(req.parameters)
-    if req.messages:
-        out["messages"] = [message_to_json(m) for m in req.messages]
-    if req.quantize:
-        out["quantize"] = req.quantize
-    return out
 
 
 @blueprint.route("/api/create", methods=["POST"])
@@ -250,7 +232,7 @@ async def create() -> Response:
         def report(event: dict) -> None:
             trio.from_thread.run_sync(progress, event)
 
-        await trio.to_thread.run_sync(store_models.create, state.store, _create_json(req), report)
+        await trio.to_thread.run_sync(store_models.create, state.store, req, report)
 
     return await _progress_stream(work, stream=req.stream)
 
@@ -260,7 +242,6 @@ async def pull() -> Response:
     state = get_state()
     req = parse_request(PullRequest, await request.get_data())
     name = _name(req.model)
-    from power.registry.pull import pull_model
 
     async def work(progress: Callable[[dict], None]) -> None:
         await pull_model(state.store, str(name), insecure=req.insecure, progress=progress)
@@ -273,7 +254,6 @@ async def push() -> Response:
     state = get_state()
     req = parse_request(PushRequest, await request.get_data())
     name = _name(req.model)
-    from power.registry.push import push_model
 
     async def work(progress: Callable[[dict], None]) -> None:
         await push_model(state.store, str(name), insecure=req.insecure, progress=progress)
@@ -343,7 +323,7 @@ async def blob_post(digest: str) -> Response:
         return Response("", status=200)
     tmp_dir = state.store.temp_dir()
     fd, tmp_name = await trio.to_thread.run_sync(
-        lambda: __import__("tempfile").mkstemp(dir=tmp_dir, prefix="upload-")
+        lambda: tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
     )
     hasher = hashlib.sha256()
     try:

@@ -17,14 +17,8 @@ from typing import Any
 from quart import Blueprint, Response, jsonify, request
 
 from power.engine.types import EngineError
-from power.http.app import get_state
-from power.http.inference import (
-    effective_options,
-    merge_stream,
-    resolve_model,
-    use_model,
-)
-from power.http.jobs import chat_job, embed_texts, generate_job
+from power.http.jobs import chat_job, embed_texts, generate_job, merge_stream
+from power.http.running import effective_options, resolve_model, use_model
 from power.http.schemas import (
     ChatRequest,
     EmbeddingsRequest,
@@ -33,6 +27,7 @@ from power.http.schemas import (
     RequestError,
     parse_request,
 )
+from power.http.state import get_state
 from power.http.streaming import ndjson_line
 
 blueprint = Blueprint("native", __name__)

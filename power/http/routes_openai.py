@@ -18,11 +18,11 @@ from quart import Blueprint, Response, jsonify, request
 
 from power.engine.types import EngineError
 from power.http import openai_compat as oa
-from power.http.app import get_state
-from power.http.inference import effective_options, merge_stream, resolve_model
-from power.http.jobs import chat_job, embed_texts, generate_job
+from power.http.jobs import chat_job, embed_texts, generate_job, merge_stream
 from power.http.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from power.http.running import effective_options, resolve_model
 from power.http.schemas import RequestError, parse_request
+from power.http.state import get_state
 from power.http.streaming import SSE_DONE, sse_event
 from power.registry import models as store_models
 
@@ -151,11 +151,7 @@ async def embeddings() -> Response:
 async def _stored_models() -> list[tuple[str, Any]]:
     state = get_state()
     entries = await trio.to_thread.run_sync(store_models.list_models, state.store)
-    return [(e["name"], _timestamp(e["modified_at"])) for e in entries]
-
-
-def _timestamp(rfc3339: str) -> float:
-    return oa.unix_time(rfc3339)
+    return [(e.name.display, e.modified_at) for e in entries]
 
 
 @blueprint.route("/v1/models", methods=["GET"])

@@ -12,7 +12,9 @@ keys are ignored, as are nulls (a null field keeps its default). Option values a
 The JSON is structured by a cattrs converter with strict primitive hooks (no `5` → `"5"`
 coercion, no `true` → `1`); fields with richer rules (format, think, keep_alive, images,
 messages, tools, options, embed input) carry their own parser in the field metadata.
-OpenAI request types live in `openai_schemas`, built with the same machinery.
+OpenAI request types live in `openai_schemas`, built with the same machinery. A request type
+defined below `power.http` (the registry's `CreateRequest`) is registered with `wire_request`:
+its JSON names, parsers and validation stay here, so only `power.http` knows the wire form.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import cattrs
 from power.durations import parse_keep_alive
 from power.messages import Message, Tool, ToolCall, ToolCallFunction, ToolFunction
 from power.options import OptionError, parse_options
+from power.registry.create import CreateRequest
 
 THINK_LEVELS = ("low", "medium", "high", "max")
 
@@ -167,12 +170,18 @@ def field(
     return attrs.field(default=default, metadata=metadata)
 
 
+#: Request types defined outside power.http: their fields' metadata (as `field` would have set
+#: it) and their validation, by class.
+_WIRE_FORMS: dict[type, tuple[dict[str, dict[str, Any]], Callable[[Any], None]]] = {}
+
+
 def structure_request(data: dict[str, Any], cls: type) -> Any:
     """Build a request object from a decoded JSON object (the converter's hook for requests)."""
     attrs.resolve_types(cls)
+    wire_fields = _WIRE_FORMS[cls][0] if cls in _WIRE_FORMS else None
     values: dict[str, Any] = {}
     for attribute in attrs.fields(cls):
-        meta = attribute.metadata
+        meta = attribute.metadata if wire_fields is None else wire_fields.get(attribute.name, {})
         key = meta.get("key") or attribute.name
         raw = data.get(key)
         for alias in meta.get("aliases", ()):
@@ -203,6 +212,13 @@ def request_class(cls: type) -> type:
     return cls
 
 
+def wire_request(cls: type, validate: Callable[[Any], None], **fields: dict[str, Any]) -> None:
+    """Parse the attrs class `cls` (defined outside power.http) as a request: `fields` gives
+    a field's `key`, `aliases` and `parse` as `field` does; `validate(request)` runs last."""
+    _WIRE_FORMS[cls] = (fields, validate)
+    converter.register_structure_hook(cls, structure_request)
+
+
 def load_json_body(body: bytes | str | None) -> dict[str, Any]:
     """Decode a request body into a JSON object; `null` counts as `{}` (as in Go)."""
     if body is None or not (body.strip() if isinstance(body, bytes | str) else body):
@@ -223,7 +239,10 @@ def load_json_body(body: bytes | str | None) -> dict[str, Any]:
 def parse_request(cls: type[Any], body: bytes | str | None) -> Any:
     """Parse and validate a request body into `cls`; raises RequestError (400)."""
     request = converter.structure(load_json_body(body), cls)
-    request.validate()
+    if cls in _WIRE_FORMS:
+        _WIRE_FORMS[cls][1](request)
+    else:
+        request.validate()
     return request
 
 
@@ -517,27 +536,19 @@ class PushRequest(PullRequest):
     """`POST /api/push` (`name` accepted for old clients): the same fields as a pull."""
 
 
-@request_class
-class CreateRequest:
-    """`POST /api/create`. `from_` is JSON `from`; `files`/`adapters` map file names to blob
-    digests; `parameters` are coerced like options; `modelfile` is the text old clients send
-    (pre-0.5 Ollama) for the route to parse; None means "not given" for template/system/license."""
-
-    model: str = field("", aliases=("name",))
-    from_: str = field("", key="from")
-    files: dict[str, str] = field(factory=dict)
-    adapters: dict[str, str] = field(factory=dict)
-    template: str | None = field(None)
-    system: str | None = field(None)
-    license: list[str] | None = field(None, parse=parse_license)
-    parameters: dict[str, Any] = field(factory=dict, parse=parse_options)
-    messages: list[Message] = field(factory=list, parse=list_of(parse_message))
-    quantize: str = field("", aliases=("quantization",))
-    modelfile: str = field("")
-    stream: bool = field(True)
-
-    def validate(self) -> None:
-        require_model(self.model)
+# `POST /api/create` parses into the registry's `CreateRequest` (the one create request type):
+# `from` is `from_`; `name` and `quantization` are old clients' spellings; `parameters` are
+# coerced like options; a `modelfile` text (pre-0.5 clients) is ignored.
+wire_request(
+    CreateRequest,
+    lambda request: require_model(request.model),
+    model={"aliases": ("name",)},
+    from_={"key": "from"},
+    license={"parse": parse_license},
+    parameters={"parse": parse_options},
+    messages={"parse": list_of(parse_message)},
+    quantize={"aliases": ("quantization",)},
+)
 
 
 @request_class

@@ -20,8 +20,9 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from power.config import Settings
 from power.engine.manager import ModelManager
-from power.http.app import ServerState, create_app
+from power.http.app import create_app
 from power.http.metrics import Metrics
+from power.http.state import ServerState
 from power.registry.store import Store
 
 log = logging.getLogger("power.server")

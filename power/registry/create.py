@@ -5,7 +5,7 @@ The base comes from one of:
 - `files` `{file name: digest}` naming uploaded blobs: GGUF files (model, projector or adapter,
   told apart by their metadata) or a safetensors folder's files (converted to GGUF);
 - power's extension: `from` a local path (`/…`, `./…`, `../…`, `~/…`) of a GGUF file (copied
-  in) or of a safetensors folder (converted by `power.registry.convert.convert_folder`). The CLI
+  in) or of a safetensors folder (converted by `power.convert.converter.convert_folder`). The CLI
   uses it for `FROM ./folder` when the server runs on the same machine.
 Then `adapters`, an optional `quantize` of the model layer (F16/BF16/F32 sources only, through
 llama.cpp's `llama_model_quantize`), and layers for template, system, license, params and
@@ -58,6 +58,7 @@ from power.registry.store import (
     InvalidDigestError,
     Layer,
     Manifest,
+    ModelNotFoundError,
     Store,
     StoreError,
     go_json_encode,
@@ -76,23 +77,18 @@ class CreateError(ValueError):
     """The create request cannot be honoured as given (a 400 at the HTTP edge)."""
 
 
-class ModelNotFoundError(LookupError):
-    """No model of that name in the store (404, `model 'NAME' not found`)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"model '{name}' not found")
-        self.name = name
-
-    def __str__(self) -> str:
-        return self.args[0]
-
-
-@attrs.define
+@attrs.define(kw_only=True)
 class CreateRequest:
-    """The fields of Ollama's /api/create request that power honours."""
+    """Ollama's /api/create request, as power honours it: the one create request type.
 
-    model: str
-    from_: str | None = None
+    `power.http` parses the JSON body into it (`from` is `from_`, `name` and `quantization` are
+    the old spellings of `model` and `quantize`); Python callers build it directly. `files` and
+    `adapters` map file names to blob digests; `parameters` are typed by `power.options` when the
+    params layer is written; `stream` is for the HTTP route only (create reports progress through
+    its callback either way). Empty strings and None mean "not given"."""
+
+    model: str = ""
+    from_: str = ""
     files: dict[str, str] = attrs.field(factory=dict)
     adapters: dict[str, str] = attrs.field(factory=dict)
     template: str | None = None
@@ -100,69 +96,8 @@ class CreateRequest:
     license: str | list[str] | None = None
     parameters: dict[str, Any] = attrs.field(factory=dict)
     messages: list[Message] = attrs.field(factory=list)
-    quantize: str | None = None
-
-    @classmethod
-    def from_json(cls, data: Any) -> CreateRequest:
-        """Build a request from decoded JSON (`name` and `quantization` are accepted as the old
-        spellings of `model` and `quantize`). Raises CreateError for ill-typed fields."""
-        if not isinstance(data, dict):
-            raise CreateError("the request body must be a JSON object")
-        model = data.get("model") or data.get("name")
-        if not isinstance(model, str) or not model:
-            raise CreateError("model is required")
-
-        def text(key: str) -> str | None:
-            value = data.get(key)
-            if value is not None and not isinstance(value, str):
-                raise CreateError(f"{key} must be a string")
-            return value
-
-        def mapping(key: str) -> dict[str, str]:
-            value = data.get(key) or {}
-            if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            ):
-                raise CreateError(f"{key} must be an object of file names to digests")
-            return dict(value)
-
-        license = data.get("license")
-        if license is not None and not (
-            isinstance(license, str)
-            or (isinstance(license, list) and all(isinstance(x, str) for x in license))
-        ):
-            raise CreateError("license must be a string or a list of strings")
-        parameters = data.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise CreateError("parameters must be an object")
-        raw_messages = data.get("messages") or []
-        if not isinstance(raw_messages, list):
-            raise CreateError("messages must be a list")
-        messages = []
-        for item in raw_messages:
-            if not isinstance(item, dict) or not isinstance(item.get("role"), str):
-                raise CreateError("each message needs a role")
-            messages.append(
-                Message(
-                    role=item["role"].lower(),
-                    content=str(item.get("content") or ""),
-                    thinking=str(item.get("thinking") or ""),
-                    tool_name=str(item.get("tool_name") or ""),
-                    tool_call_id=str(item.get("tool_call_id") or ""),
-                )
-            )
-        return cls(
-            model=model,
-            from_=text("from") or None,
-            files=mapping("files"),
-            adapters=mapping("adapters"),
-            template=text("template"),
-            system=text("system"),
-            license=license,
-            parameters=dict(parameters),
-            messages=messages,
-            quantize=text("quantize") or text("quantization") or None,
-        )
+    quantize: str = ""
+    stream: bool = True
 
 
 @attrs.define
@@ -375,7 +310,7 @@ def _convert(
     store: Store, folder: Path, emit: Callable[[str], None], work: Path, created: list[str]
 ) -> _Built:
     """Convert a safetensors folder to a GGUF model layer."""
-    from power.registry.convert import convert_folder  # heavy; only for this path
+    from power.convert.converter import convert_folder  # heavy; only for this path
 
     emit("converting model")
     output = work / "converted.gguf"

@@ -1,5 +1,6 @@
 """Store-level model operations behind /api/show, /api/tags, /api/copy, /api/delete and
-/api/create: the HTTP handlers parse the request, call one function here and write the answer.
+/api/create: the HTTP handlers parse the request, call one function here and write the typed
+result as JSON (`power.http.model_json`).
 
 Errors: `ModelNotFoundError` (404, message `model 'NAME' not found`), `InvalidNameError` and
 `CreateError` (400), anything else (StoreError, OSError) is a 500. All functions block on file
@@ -28,11 +29,11 @@ from typing import Any
 
 import attrs
 
+from power.gotemplate.values import format_float_v, go_quote
 from power.messages import Message
 from power.options import OPTION_TYPES, OptionError, coerce_option
-from power.registry import create as create_ops
+from power.registry.create import CreateRequest, create_model
 from power.registry.gguf_meta import GGUFInfo, read_gguf_info, read_gguf_info_cached
-from power.registry.govalues import format_float_v, go_quote
 from power.registry.modelfile import format_modelfile
 from power.registry.names import ModelName
 from power.registry.store import (
@@ -46,15 +47,13 @@ from power.registry.store import (
     MEDIA_TYPE_SYSTEM,
     MEDIA_TYPE_TEMPLATE,
     Manifest,
+    ModelNotFoundError,
     Store,
     StoreError,
 )
 
 log = logging.getLogger(__name__)
 
-CreateError = create_ops.CreateError
-CreateRequest = create_ops.CreateRequest
-ModelNotFoundError = create_ops.ModelNotFoundError
 
 #: What Ollama shows as the template of a model that has none.
 DEFAULT_TEMPLATE = "{{ .Prompt }}"
@@ -71,16 +70,6 @@ class ModelDetails:
     families: list[str] | None = None
     parameter_size: str = ""
     quantization_level: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "parent_model": self.parent_model,
-            "format": self.format,
-            "family": self.family,
-            "families": list(self.families) if self.families is not None else None,
-            "parameter_size": self.parameter_size,
-            "quantization_level": self.quantization_level,
-        }
 
 
 @attrs.define
@@ -326,19 +315,6 @@ def capabilities_of(
 # ---------------------------------------------------------------- show, tags
 
 
-def rfc3339(moment: datetime) -> str:
-    """Go's RFC3339Nano form of a time: trailing sub-second zeros trimmed, `Z` for UTC."""
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += "." + f"{moment.microsecond:06d}".rstrip("0")
-    offset = moment.utcoffset()
-    if offset is None or offset.total_seconds() == 0:
-        return text + "Z"
-    minutes = int(offset.total_seconds() // 60)
-    sign = "+" if minutes >= 0 else "-"
-    return f"{text}{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-
-
 def format_parameters(params: dict[str, Any]) -> str:
     """/api/show's `parameters`: one `name value` line per value (lists expanded), the name
     padded to 30 columns and the value as Go's %#v prints it (strings quoted)."""
@@ -378,41 +354,51 @@ def modelfile_of(model: ResolvedModel) -> str:
     )
 
 
-def show(store: Store, name: str | ModelName, verbose: bool = False) -> dict[str, Any]:
-    """The /api/show answer for `name`: license, modelfile, parameters, template, system,
-    details, messages, model_info, capabilities, modified_at (and tensors when verbose).
-    Empty strings and lists are left out, as Ollama's omitempty does; model_info is always
-    present. Raises ModelNotFoundError."""
+@attrs.define
+class ModelShow:
+    """What /api/show tells of a model; `power.http.model_json.show_json` writes it as JSON.
+
+    `template` is the TEMPLATE layer, else the GGUF's chat template, else Ollama's default;
+    `parameters` the PARAMETERs as Ollama prints them; `info` the GGUF header (with the token
+    lists and the tensors when `verbose`), None when the model has none."""
+
+    model: ResolvedModel
+    modelfile: str
+    parameters: str
+    template: str
+    info: GGUFInfo | None
+    verbose: bool
+
+
+@attrs.define
+class ModelEntry:
+    """One model of /api/tags (newest first), /v1/models and the CLI's `list`."""
+
+    name: ModelName
+    modified_at: datetime  # local time
+    size: int
+    digest: str  # sha256 hex of the manifest file
+    details: ModelDetails
+
+
+def show(store: Store, name: str | ModelName, verbose: bool = False) -> ModelShow:
+    """What /api/show answers for `name` (see `ModelShow`). Raises ModelNotFoundError."""
     model = resolve(store, name)
     info = model.info
     if verbose and model.model_path is not None and info is not None:
         info = read_gguf_info(model.model_path, verbose=True)
-    answer: dict[str, Any] = {}
-    if model.license:
-        answer["license"] = "\n".join(model.license)
-    answer["modelfile"] = modelfile_of(model)
-    parameters = format_parameters(model.params)
-    if parameters:
-        answer["parameters"] = parameters
-    answer["template"] = model.template or model.chat_template or DEFAULT_TEMPLATE
-    if model.system:
-        answer["system"] = model.system
-    answer["details"] = model.details.to_dict()
-    if model.messages:
-        answer["messages"] = [{"role": m.role, "content": m.content} for m in model.messages]
-    answer["model_info"] = dict(info.model_info) if info is not None else {}
-    if verbose and info is not None:
-        answer["tensors"] = [
-            {"name": t.name, "type": t.type, "shape": list(t.shape)} for t in info.tensors
-        ]
-    if model.capabilities:
-        answer["capabilities"] = list(model.capabilities)
-    answer["modified_at"] = rfc3339(model.modified_at)
-    return answer
+    return ModelShow(
+        model=model,
+        modelfile=modelfile_of(model),
+        parameters=format_parameters(model.params),
+        template=model.template or model.chat_template or DEFAULT_TEMPLATE,
+        info=info,
+        verbose=verbose,
+    )
 
 
-def list_models(store: Store) -> list[dict[str, Any]]:
-    """/api/tags' `models`: name, model, modified_at, size, digest, details; newest first."""
+def list_models(store: Store) -> list[ModelEntry]:
+    """Every model of the store, newest first."""
     entries = []
     for stored in store.list_models():
         config = {}
@@ -431,22 +417,17 @@ def list_models(store: Store) -> list[dict[str, Any]]:
                 info = read_gguf_info_cached(store.blob_path(model_layers[0].digest))
             except (OSError, ValueError):
                 info = None
-        moment = stored.modified_at.astimezone()
         entries.append(
-            (
-                stored.modified_at.timestamp(),
-                {
-                    "name": stored.name.display,
-                    "model": stored.name.display,
-                    "modified_at": rfc3339(moment),
-                    "size": stored.size,
-                    "digest": stored.digest,
-                    "details": _details(config, info, parent).to_dict(),
-                },
+            ModelEntry(
+                name=stored.name,
+                modified_at=stored.modified_at.astimezone(),
+                size=stored.size,
+                digest=stored.digest,
+                details=_details(config, info, parent),
             )
         )
-    entries.sort(key=lambda entry: entry[0], reverse=True)
-    return [entry for _, entry in entries]
+    entries.sort(key=lambda entry: entry.modified_at.timestamp(), reverse=True)
+    return entries
 
 
 # ---------------------------------------------------------------- copy, delete
@@ -484,15 +465,13 @@ def delete(store: Store, name: str | ModelName) -> None:
 
 def create(
     store: Store,
-    request: CreateRequest | dict[str, Any],
+    request: CreateRequest,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Build a model as /api/create does and write its manifest last; see
     `power.registry.create.create_model` for the rules. Raises CreateError,
     InvalidNameError, ModelNotFoundError (FROM an unknown model)."""
-    if isinstance(request, dict):
-        request = CreateRequest.from_json(request)
-    create_ops.create_model(store, request, progress or (lambda _status: None))
+    create_model(store, request, progress or (lambda _status: None))
 
 
 def import_gguf(

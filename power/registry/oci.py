@@ -26,7 +26,7 @@ import attrs
 import httpx
 import trio
 
-from power import __version__
+from power.version import __version__
 
 if TYPE_CHECKING:
     from power.registry.names import ModelName

@@ -81,6 +81,7 @@ __all__ = [
     "Layer",
     "Manifest",
     "MissingBlobError",
+    "ModelNotFoundError",
     "Store",
     "StoreError",
     "StoredModel",
@@ -98,6 +99,17 @@ log = logging.getLogger(__name__)
 PRUNE_GRACE_SECONDS = 3600.0
 
 _BLOB_NAME_RE = re.compile(r"sha256-[0-9a-f]{64}")
+
+
+class ModelNotFoundError(LookupError):
+    """No model of that name in the store (404, `model 'NAME' not found`)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' not found")
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 @attrs.define

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 import gguf
 
-from power.registry.convert_source import ConversionError, ModelSource
+from power.convert.source import ConversionError, ModelSource
 
 NORMAL = int(gguf.TokenType.NORMAL)
 UNKNOWN = int(gguf.TokenType.UNKNOWN)

@@ -10,7 +10,7 @@ print printf println html js urlquery call`) and Ollama's additions (`json curre
 yesterdayDate toTypeScriptType`). Ranging over a map visits its keys in sorted order; ranging
 over an int counts from 0. Like Ollama (`missingkey=zero`), a key missing from a map is nil, which
 prints as `<no value>`. How Python values stand for Go values is described in
-`power.registry.govalues`.
+`power.gotemplate.values`.
 
 Errors raise `TemplateError` with the line and column of the failing action.
 """
@@ -24,10 +24,9 @@ from typing import Any
 
 import attrs
 
-from power.registry import gofuncs as gf
-from power.registry import govalues as gv
-from power.registry.goprintf import go_sprintf
-from power.registry.gotemplate_parse import (
+from power.gotemplate import funcs as gf
+from power.gotemplate import values as gv
+from power.gotemplate.parse import (
     ActionNode,
     BranchNode,
     BreakNode,
@@ -48,6 +47,7 @@ from power.registry.gotemplate_parse import (
     TextNode,
     VariableNode,
 )
+from power.gotemplate.printf import go_sprintf
 
 __all__ = ["BUILTINS", "GoStruct", "Template", "TemplateError"]
 

@@ -1,6 +1,6 @@
 """Go value semantics for the template renderer: printing, JSON, truth and comparison.
 
-How Python values stand for Go values in `power.registry.gotemplate`:
+How Python values stand for Go values in `power.gotemplate.template`:
 
 | Python                         | Go                                                        |
 |--------------------------------|-----------------------------------------------------------|
@@ -15,7 +15,7 @@ How Python values stand for Go values in `power.registry.gotemplate`:
 Objects may also carry two hooks, duck-typed: `go_string() -> str` is Go's `fmt.Stringer` (used when a
 value is printed) and `go_json() -> str` is Go's `json.Marshaler` (returns JSON text).
 
-Errors raised by builtins are `GoError` (see also `power.registry.gofuncs`); the executor adds
+Errors raised by builtins are `GoError` (see also `power.gotemplate.funcs`); the executor adds
 the template position.
 """
 

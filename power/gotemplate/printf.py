@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from power.registry.govalues import (
+from power.gotemplate.values import (
     GoStruct,
     format_float_v,
     go_quote,

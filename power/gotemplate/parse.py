@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from power.registry.gotemplate_lex import Lexer, TemplateError, Token
+from power.gotemplate.lex import Lexer, TemplateError, Token
 
 # ---------------------------------------------------------------- nodes
 

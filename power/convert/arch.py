@@ -23,8 +23,8 @@ import attrs
 import gguf
 import numpy as np
 
-from power.registry.convert_source import ConversionError, ModelSource, SourceTensor
-from power.registry.convert_vocab import (
+from power.convert.source import ConversionError, ModelSource, SourceTensor
+from power.convert.vocab import (
     Vocabulary,
     bpe_vocabulary,
     is_byte_level_bpe,

@@ -10,7 +10,7 @@ import datetime
 import urllib.parse
 from typing import Any
 
-from power.registry.govalues import GoError, GoStruct, go_sprint, marshal_json, type_name
+from power.gotemplate.values import GoError, GoStruct, go_sprint, marshal_json, type_name
 
 # ---------------------------------------------------------------- len, index, slice
 

@@ -31,9 +31,9 @@ import jinja2
 import jinja2.ext
 import jinja2.sandbox
 
+from power.gotemplate.template import Template, TemplateError
 from power.messages import Message, Tool
-from power.registry.gotemplate import Template, TemplateError
-from power.registry.prompt_values import message_value, think_values, tools_value
+from power.prompt.values import message_value, think_values, tools_value
 
 __all__ = [
     "DEFAULT_TEMPLATE",

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from power.messages import Message, Tool, ToolCall
-from power.registry.govalues import (
+from power.gotemplate.values import (
     GoStruct,
     JsonStringList,
     JsonStringMap,
@@ -32,6 +31,7 @@ from power.registry.govalues import (
     OrderedJsonMap,
     marshal_json,
 )
+from power.messages import Message, Tool, ToolCall
 
 _TOOL_PROPERTY_TAGS = {
     "AnyOf": "anyOf,omitempty",

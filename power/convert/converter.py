@@ -30,9 +30,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from power.registry.convert_arch import PlannedTensor, plan_conversion
-from power.registry.convert_source import FLOAT_DTYPES, ConversionError, open_model_folder
-from power.registry.convert_vocab import write_vocabulary
+from power.convert.arch import PlannedTensor, plan_conversion
+from power.convert.source import FLOAT_DTYPES, ConversionError, open_model_folder
+from power.convert.vocab import write_vocabulary
 
 __all__ = ["QUANT_TYPES", "ConversionError", "convert_folder", "quantize"]
 
