@@ -24,6 +24,16 @@ class EngineError(RuntimeError):
         self.status = status
 
 
+class DecodeError(EngineError):
+    """llama_decode refused a batch (bad token ids, no room in the KV cache...): the sequences
+    of that batch fail, the others go on."""
+
+
+class SamplingError(EngineError):
+    """Sampling, detokenising or stop matching failed for one sequence (NaN logits, a grammar
+    that allows nothing...): that sequence fails, the others go on."""
+
+
 @attrs.frozen
 class TopLogprob:
     token: str
