@@ -4,9 +4,17 @@ Nothing here knows about trio, requests or HTTP. Each class owns one C object an
 `close()` (idempotent). None of these objects is thread-safe: the engine's step loop calls them
 from one worker thread at a time (see `runner.py`).
 
-- `LlamaModel`: the weights and the vocabulary (tokenize, token pieces, metadata).
-- `LlamaContext`: one context with `n_seq_max` sequences and their KV cache.
+- `LlamaModel`: the weights and the vocabulary (tokenize, token pieces, metadata); the
+  `power.engine.backend.Vocabulary` of production.
+- `LlamaContext`: one context with `n_seq_max` sequences and their KV cache; the
+  `power.engine.backend.Context` of production (`decode_batch` fills its own `Batch`).
 - `Batch`: a reusable `llama_batch` with numpy views on its arrays.
+- `LlamaBackend` (`LLAMA`): the production `Backend`; `open(spec)` loads a model and sizes its
+  context by `power.engine.loadspec.context_plan`, so no request value reaches a llama.cpp
+  assertion.
+
+Importing this module sets `GGML_NO_BACKTRACE=1` (unless set): should ggml still abort, it
+prints its one-line reason instead of a gdb backtrace of the whole process.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ _backend_ready = False
 
 
 _recent_problems: collections.deque[str] = collections.deque(maxlen=8)
-_LEVEL_WARN = 3
+_LEVEL_WARN, _LEVEL_ERROR = 3, 4  # ggml_log_level; 5 is a continuation of the last line
 
 
 @llama_cpp.llama_log_callback
@@ -47,7 +55,7 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # Referenced from module scope for the life of the process: C keeps calling it.
     try:
         line = text.decode("utf-8", "replace").rstrip()
-        if level >= _LEVEL_WARN and line:
+        if _LEVEL_WARN <= level <= _LEVEL_ERROR and len(line) > 1:  # not CONT's "." lines
             _recent_problems.append(line)
         if _LOG_LLAMA:
             log.debug("llama.cpp: %s", line)
@@ -279,6 +287,7 @@ class LlamaContext:
         # sequences need the cells of any position, not only the last window
         cparams.swa_full = True
         cparams.no_perf = True
+        _recent_problems.clear()
         self._ctx = llama_cpp.llama_init_from_model(model.handle, cparams)
         if not self._ctx:
             raise LlamaError(
