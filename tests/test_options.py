@@ -233,3 +233,44 @@ def test_the_memory_estimate_counts_the_context_that_will_be_loaded(tiny_gguf):
     huge = LoadSpec(model_path=str(tiny_gguf), num_ctx=10**9)
     trained = LoadSpec(model_path=str(tiny_gguf), num_ctx=2048)
     assert estimate_bytes(huge) == estimate_bytes(trained) < 2**30
+
+
+OLLAMA_ALL_OPTIONS_EXAMPLE = {  # Ollama's docs/api.md "Generate request (With options)"
+    "num_keep": 5,
+    "seed": 42,
+    "num_predict": 100,
+    "top_k": 20,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "tfs_z": 0.5,
+    "typical_p": 0.7,
+    "repeat_last_n": 33,
+    "temperature": 0.8,
+    "repeat_penalty": 1.2,
+    "presence_penalty": 1.5,
+    "frequency_penalty": 1.0,
+    "mirostat": 1,
+    "mirostat_tau": 0.8,
+    "mirostat_eta": 0.6,
+    "penalize_newline": True,
+    "stop": ["\n", "user:"],
+    "numa": False,
+    "num_ctx": 1024,
+    "num_batch": 2,
+    "num_gpu": 1,
+    "main_gpu": 0,
+    "low_vram": False,  # older keys, ignored
+    "vocab_only": False,
+    "num_gqa": 1,
+    "rope_frequency_base": 1.1,
+    "use_mmap": True,
+    "use_mlock": False,
+    "num_thread": 8,
+}
+
+
+def test_ollamas_all_options_example_is_accepted_and_loads_safely(tiny_gguf):
+    options = Options().updated(OLLAMA_ALL_OPTIONS_EXAMPLE)
+    spec = LoadSpec.from_options(tiny_gguf, options, num_parallel=4)
+    assert spec.num_batch == 4  # num_batch 2 under 4 parallel sequences aborted llama.cpp
+    assert spec.num_ctx == 1024 and spec.num_gpu == 1

@@ -7,6 +7,7 @@ state with `trio.testing.wait_all_tasks_blocked()`. No test sleeps.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 
@@ -225,6 +226,7 @@ async def test_1000_random_cancellations_leave_nothing_behind():
         prefixes = [[BOS] + [rng.randrange(2, 60) for _ in range(20)] for _ in range(3)]
         live: list[Generation] = []
         everything: list[Generation] = []
+        cancelled_in: collections.Counter[GenerationState] = collections.Counter()
         for _ in range(1000):
             prefix = rng.choice(prefixes)
             prompt = prefix[: rng.randrange(1, 21)] + [rng.randrange(2, 60)] * rng.randrange(3)
@@ -234,7 +236,9 @@ async def test_1000_random_cancellations_leave_nothing_behind():
             everything.append(gen)
             for _ in range(rng.randrange(3)):
                 if live:
-                    runner.cancel(live.pop(rng.randrange(len(live))))
+                    victim = live.pop(rng.randrange(len(live)))
+                    cancelled_in[victim.state] += 1
+                    runner.cancel(victim)
             for _ in range(rng.randrange(4)):
                 await trio.lowlevel.checkpoint()  # let the loop run a few steps
             live = [g for g in live if not g.done]
@@ -244,6 +248,12 @@ async def test_1000_random_cancellations_leave_nothing_behind():
         states = {g.state for g in everything}
         assert states <= {GenerationState.FINISHED, GenerationState.CANCELLED}
         assert GenerationState.FINISHED in states and GenerationState.CANCELLED in states
+        for state in (
+            GenerationState.QUEUED,
+            GenerationState.PREFILLING,
+            GenerationState.GENERATING,
+        ):
+            assert cancelled_in[state] > 20, cancelled_in  # every cancellable state was hit
         assert runner.broken is None
         assert_quiescent(model)
 
