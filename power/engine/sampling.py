@@ -25,9 +25,10 @@ logits are clamped to +-`LOGIT_BOUND`, temperature scaling subtracts the maximum
 positive temperature below `MIN_TEMPERATURE` counts as it. A row with NaN logits raises
 `SamplingError` (the engine fails that one sequence), never an obscure numpy error.
 
-Penalty history: `observe(prompt)` keeps only the last `repeat_last_n` tokens (a deque extended
-in C: O(that window), whatever the prompt's length), and the arrays the penalty step needs are
-rebuilt in numpy at most once per sampled token, lazily, in the worker thread that samples.
+Penalty history: `observe(prompt)` keeps only the last `repeat_last_n` tokens (a deque and a
+Counter updated in C: O(that window), whatever the prompt's length); `accept` updates them in
+O(1), and the arrays the penalty step needs are rebuilt at most once per sampled token, lazily,
+in the worker thread that samples.
 
 Randomness: each sampler owns a `numpy.random.Generator` seeded from `options.seed` (a random
 seed when it is negative) and draws exactly one uniform number per non-greedy `sample`, so the
@@ -37,6 +38,7 @@ same seed, options and rows give the same tokens whatever other sequences do.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import math
 from collections.abc import Iterable
@@ -151,10 +153,17 @@ class SequenceSampler:
             or options.presence_penalty != 0.0
         )
         self._history: collections.deque[int] = collections.deque(maxlen=max(last_n, 1))
+        self._counts: collections.Counter[int] = collections.Counter()  # of _history
         self._penalty_ids = np.zeros(0, dtype=np.int64)
         self._penalty_counts = np.zeros(0, dtype=np.float32)
         self._stale = False  # the arrays above lag behind _history
         self._unpenalized = frozenset() if options.penalize_newline else set(vocab.newline_ids)
+        #: penalties outside everyday values take the careful path (no warnings, clamping)
+        self._extreme = not (
+            1e-3 <= options.repeat_penalty <= 1e3
+            and abs(options.frequency_penalty) <= 1e3
+            and abs(options.presence_penalty) <= 1e3
+        )
         #: Mirostat's running target surprise (bits).
         self.mu = 2.0 * options.mirostat_tau
         #: The last distribution drawn from: (token ids, probabilities), for Mirostat's update.
@@ -211,9 +220,15 @@ class SequenceSampler:
         if not isinstance(tokens, list | tuple):
             tokens = list(tokens)
         tail = tokens[-window:] if len(tokens) > window else tokens
-        if tail:
-            self._history.extend(tail)  # the deque drops what falls out of the window
-            self._stale = True
+        if not tail:
+            return
+        if not self._history:  # the usual case, a prompt into a fresh sampler: in bulk, in C
+            self._history.extend(tail)
+            self._counts.update(self._history)
+        else:
+            for token in tail:
+                self._push(token)
+        self._stale = True
 
     def logprobs(
         self, logits: np.ndarray, token: int, top_n: int
@@ -242,20 +257,31 @@ class SequenceSampler:
     # ------------------------------------------------------------------ penalties
     def _remember(self, token: int) -> None:
         if self._penalties_active:
-            self._history.append(token)
+            self._push(token)
             self._stale = True
 
+    def _push(self, token: int) -> None:
+        """Append to the window, O(1)."""
+        history = self._history
+        if len(history) == history.maxlen:
+            oldest = history[0]
+            self._counts[oldest] -= 1
+            if self._counts[oldest] <= 0:
+                del self._counts[oldest]
+        history.append(token)
+        self._counts[token] += 1
+
     def _penalty_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """The distinct tokens of the window and their counts, rebuilt (in C) only after the
-        history changed: O(window log window) once per sampled token, no Python loop."""
+        """The distinct tokens of the window and their counts, rebuilt (without a Python loop)
+        only after the history changed: at most once per sampled token."""
         if self._stale:
-            history = np.fromiter(self._history, np.int64, len(self._history))
-            ids, counts = np.unique(history, return_counts=True)
+            counts = self._counts
+            ids = np.fromiter(counts.keys(), np.int64, len(counts))
+            values = np.fromiter(counts.values(), np.float32, len(counts))
             if self._unpenalized:
                 keep = ~np.isin(ids, list(self._unpenalized))
-                ids, counts = ids[keep], counts[keep]
-            self._penalty_ids = ids
-            self._penalty_counts = counts.astype(np.float32)
+                ids, values = ids[keep], values[keep]
+            self._penalty_ids, self._penalty_counts = ids, values
             self._stale = False
         return self._penalty_ids, self._penalty_counts
 
@@ -271,20 +297,18 @@ class SequenceSampler:
         if ids.size == 0:
             return logits
         options = self.options
-        in_vocabulary = (ids >= 0) & (ids < logits.size)
-        if not in_vocabulary.all():
-            ids, counts = ids[in_vocabulary], counts[in_vocabulary]
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore") if self._extreme else contextlib.nullcontext():
             values = logits[ids].astype(np.float32)
             repeat = np.float32(options.repeat_penalty)
             values = np.where(values <= 0, values * repeat, values / repeat)
             values -= counts * np.float32(options.frequency_penalty) + np.float32(
                 options.presence_penalty
             )
+        if self._extreme or not np.isfinite(values).all():
             values = np.nan_to_num(
                 values, nan=-LOGIT_BOUND, posinf=LOGIT_BOUND, neginf=-LOGIT_BOUND
             )
-        np.clip(values, -LOGIT_BOUND, LOGIT_BOUND, out=values)
+            np.clip(values, -LOGIT_BOUND, LOGIT_BOUND, out=values)
         out = logits.copy()
         out[ids] = values
         return out
