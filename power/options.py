@@ -32,11 +32,19 @@ from typing import Any
 
 import attrs
 
+from power.engine.errors import EngineError
+
 log = logging.getLogger(__name__)
 
 
-class OptionError(ValueError):
-    """An option has a value of the wrong type or out of range (a 400 at the HTTP edge)."""
+class OptionError(EngineError, ValueError):
+    """An option has a value of the wrong type or out of range: a 400 at the HTTP edge.
+
+    It is an `EngineError` with status 400 (so any caller that turns EngineError into an
+    answer answers 400) and a `ValueError` (as it always was)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=400)
 
 
 #: Options that change how the model is loaded: a different value forces a reload.

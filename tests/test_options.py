@@ -274,3 +274,12 @@ def test_ollamas_all_options_example_is_accepted_and_loads_safely(tiny_gguf):
     spec = LoadSpec.from_options(tiny_gguf, options, num_parallel=4)
     assert spec.num_batch == 4  # num_batch 2 under 4 parallel sequences aborted llama.cpp
     assert spec.num_ctx == 1024 and spec.num_gpu == 1
+
+
+def test_an_option_error_is_a_400_engine_error_and_a_value_error():
+    from power.engine.errors import EngineError
+
+    with pytest.raises(OptionError) as info:
+        parse_options({"seed": 2**63})  # OpenAI's top-level seed reaches parse_options too
+    assert isinstance(info.value, EngineError) and isinstance(info.value, ValueError)
+    assert info.value.status == 400 and "'seed'" in str(info.value)

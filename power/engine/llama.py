@@ -86,6 +86,28 @@ def ensure_backend(numa: bool = False) -> None:
         _backend_ready = True
 
 
+_GPU_DEVICE_TYPES = (1, 2)  # ggml_backend_dev_type: GPU, IGPU (an RPC server counts as GPU)
+
+
+def gpu_device_count() -> int:
+    """Devices that layers can be offloaded to, as ggml's device registry lists them now.
+
+    `llama_supports_gpu_offload()` is true for any build with a GPU-capable backend compiled
+    in (the RPC backend included) even when no such device exists; this counts real ones."""
+    try:
+        from llama_cpp._ggml import libggml as lib
+
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_type.restype = ctypes.c_int
+        devices = (lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count()))
+        return sum(1 for d in devices if lib.ggml_backend_dev_type(d) in _GPU_DEVICE_TYPES)
+    except (ImportError, AttributeError, OSError):  # an older binding: trust llama.cpp
+        return 1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+
 class LlamaError(RuntimeError):
     """llama.cpp refused a model, a context or a batch."""
 

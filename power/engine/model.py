@@ -25,7 +25,7 @@ from power.engine.loadspec import LoadSpec, clamp_num_ctx
 from power.engine.runner import Runner
 from power.engine.sampling import SequenceSampler
 from power.engine.types import Chunk, EmbedResult, EngineError, GenerationParams
-from power.options import OptionError, Options
+from power.options import Options
 
 __all__ = ["LoadSpec", "LoadedModel", "load"]
 
@@ -140,10 +140,10 @@ class LoadedModel:
         return self.context.n_ctx * self.model.n_layer * self.model.n_embd * 2 * element // 4
 
     def gpu_layers(self) -> int:
-        """Layers offloaded to a GPU (0 on a CPU-only build)."""
-        import llama_cpp
+        """Layers offloaded to a GPU (0 on a CPU-only build or without a GPU device)."""
+        from power.engine.llama import gpu_device_count
 
-        if not llama_cpp.llama_supports_gpu_offload():
+        if gpu_device_count() == 0:
             return 0
         if self.spec.num_gpu < 0:
             return self.model.n_layer + 1
@@ -217,10 +217,7 @@ class LoadedModel:
         else:
             tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
             params = GenerationParams(prompt=tuple(tokens), options=options or Options())
-        try:
-            params.options.check()
-        except OptionError as exc:
-            raise EngineError(str(exc), status=400) from None
+        params.options.check()  # OptionError: an EngineError with status 400
         sampler = self.make_sampler(params)
         try:
             generation = self.runner.submit(params, sampler)
