@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from lora_factory import write_lora_adapter, write_lora_tensors
 
-import power.engine.model as engine_model
+import power.engine.llama as engine_llama
 from power.engine import GenerationParams, load
 from power.engine.llama import LlamaContext, LlamaError, LlamaModel
 from power.options import Options
@@ -129,8 +129,9 @@ async def test_invalid_adapter_is_a_clear_error_and_frees_everything(
             super().__init__(*args, **kwargs)
             opened.append(self)
 
-    monkeypatch.setattr(engine_model, "LlamaModel", RecordedModel)
-    monkeypatch.setattr(engine_model, "LlamaContext", RecordedContext)
+    # the production backend (LlamaBackend.open) builds both
+    monkeypatch.setattr(engine_llama, "LlamaModel", RecordedModel)
+    monkeypatch.setattr(engine_llama, "LlamaContext", RecordedContext)
     bad = _bad_adapter(kind, gemma_gguf, tmp_path)
     with pytest.raises(LlamaError, match="could not load adapter") as caught:
         async with load(gemma_gguf, LOAD_OPTIONS, num_parallel=1, adapters=(str(bad),)):

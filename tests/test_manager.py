@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from power.engine.manager import ModelManager
 from power.engine.model import LoadSpec
 from power.engine.types import EngineError
+from power.options import Options
 
 pytestmark = pytest.mark.slow
 
@@ -56,4 +58,32 @@ async def test_a_different_load_option_reloads_when_idle(gemma_gguf):
             assert small.n_ctx_seq == 256
         async with manager.use("gemma", spec(gemma_gguf, 512)) as large:
             assert large.n_ctx_seq == 512 and large is not small
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_request_cancelled_while_loading_leaves_a_usable_model(gemma_gguf):
+    """The load runs in the manager's task: a requester that goes away mid-load (a client
+    disconnect) no longer wedges the model; the next request gets the loaded instance."""
+    events: list[tuple[str, str]] = []
+    manager = ModelManager(default_keep_alive=60, on_event=lambda *e: events.append(e))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        scope = trio.CancelScope()
+
+        async def requester():
+            with scope:
+                async with manager.use("gemma", spec(gemma_gguf)):
+                    await trio.sleep_forever()  # (only if the load beat the cancel)
+
+        nursery.start_soon(requester)
+        await trio.testing.wait_all_tasks_blocked()  # it waits; the open is in its thread
+        assert manager.instances["gemma"].refs == 1
+        scope.cancel()
+        nursery.cancel_scope.deadline = trio.current_time() + 120  # a hang fails, not blocks
+        async with manager.use("gemma", spec(gemma_gguf)) as model:
+            text = await model.complete("1, 2, 3,", Options(num_predict=2, temperature=0))
+        assert text and events.count(("load", "gemma")) == 1
+        nursery.cancel_scope.deadline = float("inf")
+        await manager.unload("gemma")
+        assert manager.instances == {}
         nursery.cancel_scope.cancel()

@@ -10,11 +10,13 @@ from __future__ import annotations
 import collections
 import math
 
+import attrs
 import numpy as np
 import pytest
 
 from power.engine import truncation
 from power.engine.sampling import SequenceSampler, VocabInfo
+from power.engine.types import SamplingError
 from power.options import Options
 
 N_VOCAB = 50_000
@@ -478,3 +480,100 @@ def test_grammar_sees_few_candidates_on_a_peaked_row() -> None:
     grammar = AllowOnly(np.ones(N_VOCAB, dtype=bool))
     make_sampler({}, grammar=grammar).sample(row)
     assert grammar.n_shown < 1000
+
+
+# ---------------------------------------------------------------- robustness (issue 9)
+
+
+def test_observe_keeps_only_the_penalty_window_of_a_long_prompt() -> None:
+    prompt = list(np.random.default_rng(3).integers(2, N_VOCAB, 20_000))
+    row = heavy_tail_row(4)
+    for overrides in ({"repeat_last_n": 64}, {"repeat_last_n": -1, "num_ctx": 4096}):
+        options = {"seed": 1, "repeat_penalty": 1.5, "presence_penalty": 0.5, **overrides}
+        sampler = make_sampler(options)
+        sampler.observe(prompt)
+        window = 64 if overrides["repeat_last_n"] == 64 else 4096
+        assert len(sampler._history) == window
+        want = reference_distribution(row, Options().updated(options), history=prompt)
+        assert_same_distribution(sampler.distribution(row), want)
+
+
+def test_the_window_of_repeat_last_n_minus_1_is_the_sequences_real_context() -> None:
+    options = Options().updated({"repeat_last_n": -1, "num_ctx": 10**9})
+    sampler = SequenceSampler(options, VocabInfo(n_vocab=N_VOCAB), n_ctx=512)
+    sampler.observe(range(2, 5000))
+    assert len(sampler._history) == 512
+
+
+@pytest.mark.parametrize("chain", ["greedy", "default", "mirostat2", "typical", "grammar"])
+def test_a_nan_row_raises_a_sampling_error(chain: str) -> None:
+    overrides = {
+        "greedy": {"temperature": 0.0},
+        "default": {},
+        "mirostat2": {"mirostat": 2},
+        "typical": {"typical_p": 0.5},
+        "grammar": {},
+    }[chain]
+    grammar = AllowOnly(np.ones(N_VOCAB, dtype=bool)) if chain == "grammar" else None
+    sampler = make_sampler(overrides, grammar=grammar)
+    row = peaked_row(1)
+    row[123] = np.nan
+    with pytest.raises(SamplingError, match="NaN"):
+        sampler.sample(row)
+
+
+def test_infinite_logits_are_clamped_not_propagated() -> None:
+    row = peaked_row(2)
+    row[77] = np.inf
+    row[78] = -np.inf
+    for overrides in ({"temperature": 0.0}, {}, {"mirostat": 2}, {"typical_p": 0.9}):
+        sampler = make_sampler(overrides)
+        assert sampler.sample(row) == 77
+        ids, probs = sampler.distribution(row)
+        assert np.isfinite(probs).all() and math.isclose(float(probs.sum()), 1.0, rel_tol=1e-5)
+    value, _ = make_sampler({}).logprobs(row, 77, 2)
+    assert math.isfinite(value)
+
+
+EXTREMES = [
+    {"repeat_penalty": 1e-45},
+    {"repeat_penalty": 0.0},
+    {"repeat_penalty": 1e38},
+    {"frequency_penalty": -1e308},
+    {"frequency_penalty": 1e308},
+    {"presence_penalty": -math.inf},
+    {"presence_penalty": math.inf},
+    {"temperature": 1e-45},
+    {"temperature": 1e308},
+    {"temperature": 1e-300, "mirostat": 1},
+    {"mirostat": 2, "mirostat_tau": 1e308},
+    {"mirostat": 1, "mirostat_eta": 1e308},
+    {"typical_p": 0.0},
+    {"top_p": 0.0},
+    {"min_p": 1.0},
+    {"tfs_z": 0.0},
+    {"top_k": 2**62},
+]
+
+
+@pytest.mark.parametrize("extreme", EXTREMES, ids=[str(e) for e in EXTREMES])
+@pytest.mark.parametrize("n_vocab", [N_VOCAB, 262_144])
+def test_extreme_option_values_give_a_valid_distribution(extreme: dict, n_vocab: int) -> None:
+    # built directly, past the option parser's ranges: the sampler must cope on its own
+    options = attrs.evolve(Options(seed=5, repeat_last_n=16), **extreme)
+    sampler = SequenceSampler(options, VocabInfo(n_vocab=n_vocab))
+    row = heavy_tail_row(6, n_vocab)
+    sampler.observe(np.argsort(-row)[:16].tolist())  # penalise the most likely tokens
+    for _ in range(3):
+        ids, probs = sampler.distribution(row)
+        assert np.isfinite(probs).all() and math.isclose(float(probs.sum()), 1.0, rel_tol=1e-4)
+        token = sampler.sample(row)
+        assert 0 <= token < n_vocab
+        sampler.accept(token)
+
+
+def test_draw_index_refuses_a_distribution_without_mass() -> None:
+    with pytest.raises(SamplingError):
+        truncation.draw_index(np.zeros(10), 0.5)
+    with pytest.raises(SamplingError):
+        truncation.draw_index(np.full(10, np.nan), 0.5)

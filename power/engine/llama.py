@@ -4,23 +4,41 @@ Nothing here knows about trio, requests or HTTP. Each class owns one C object an
 `close()` (idempotent). None of these objects is thread-safe: the engine's step loop calls them
 from one worker thread at a time (see `runner.py`).
 
-- `LlamaModel`: the weights and the vocabulary (tokenize, token pieces, metadata).
-- `LlamaContext`: one context with `n_seq_max` sequences and their KV cache.
+- `LlamaModel`: the weights and the vocabulary (tokenize, token pieces, metadata); the
+  `power.engine.backend.Vocabulary` of production.
+- `LlamaContext`: one context with `n_seq_max` sequences and their KV cache; the
+  `power.engine.backend.Context` of production (`decode_batch` fills its own `Batch`).
 - `Batch`: a reusable `llama_batch` with numpy views on its arrays.
+- `LlamaBackend` (`LLAMA`): the production `Backend`; `open(spec)` loads a model and sizes its
+  context by `power.engine.loadspec.context_plan`, so no request value reaches a llama.cpp
+  assertion.
+
+Importing this module sets `GGML_NO_BACKTRACE=1` (unless set): should ggml still abort, it
+prints its one-line reason instead of a gdb backtrace of the whole process.
 """
 
 from __future__ import annotations
 
-import collections
-import ctypes
-import logging
 import os
-import threading
-from pathlib import Path
 
-import attrs
-import llama_cpp
-import numpy as np
+# ggml prints a gdb backtrace of the whole process when it aborts unless this is set; a fatal
+# error (if one is still possible) should be one clear line. Set before llama.cpp can abort.
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+
+import collections  # noqa: E402
+import ctypes  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import attrs  # noqa: E402
+import llama_cpp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from power.engine.backend import BatchEntry  # noqa: E402
+from power.engine.loadspec import LoadSpec, context_plan  # noqa: E402
+from power.engine.types import DecodeError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +47,7 @@ _backend_ready = False
 
 
 _recent_problems: collections.deque[str] = collections.deque(maxlen=8)
-_LEVEL_WARN = 3
+_LEVEL_WARN, _LEVEL_ERROR = 3, 4  # ggml_log_level; 5 is a continuation of the last line
 
 
 @llama_cpp.llama_log_callback
@@ -37,7 +55,7 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # Referenced from module scope for the life of the process: C keeps calling it.
     try:
         line = text.decode("utf-8", "replace").rstrip()
-        if level >= _LEVEL_WARN and line:
+        if _LEVEL_WARN <= level <= _LEVEL_ERROR and len(line) > 1:  # not CONT's "." lines
             _recent_problems.append(line)
         if _LOG_LLAMA:
             log.debug("llama.cpp: %s", line)
@@ -68,6 +86,28 @@ def ensure_backend(numa: bool = False) -> None:
         _backend_ready = True
 
 
+_GPU_DEVICE_TYPES = (1, 2)  # ggml_backend_dev_type: GPU, IGPU (an RPC server counts as GPU)
+
+
+def gpu_device_count() -> int:
+    """Devices that layers can be offloaded to, as ggml's device registry lists them now.
+
+    `llama_supports_gpu_offload()` is true for any build with a GPU-capable backend compiled
+    in (the RPC backend included) even when no such device exists; this counts real ones."""
+    try:
+        from llama_cpp._ggml import libggml as lib
+
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_type.restype = ctypes.c_int
+        devices = (lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count()))
+        return sum(1 for d in devices if lib.ggml_backend_dev_type(d) in _GPU_DEVICE_TYPES)
+    except (ImportError, AttributeError, OSError):  # an older binding: trust llama.cpp
+        return 1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+
 class LlamaError(RuntimeError):
     """llama.cpp refused a model, a context or a batch."""
 
@@ -92,10 +132,10 @@ class LlamaModel:
         self.path = Path(path)
         mparams = llama_cpp.llama_model_default_params()
         if params.num_gpu >= 0:
-            mparams.n_gpu_layers = params.num_gpu
+            mparams.n_gpu_layers = min(params.num_gpu, 2**31 - 1)  # a C int32
         else:
             mparams.n_gpu_layers = 999 if llama_cpp.llama_supports_gpu_offload() else 0
-        mparams.main_gpu = params.main_gpu
+        mparams.main_gpu = min(max(params.main_gpu, 0), 2**31 - 1)
         mparams.vocab_only = params.vocab_only
         mode = llama_cpp.LLAMA_LOAD_MODE_AUTO
         if params.use_mmap is False:
@@ -128,6 +168,8 @@ class LlamaModel:
             if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                 self._eog[token] = True
         self.eog_ids = [int(t) for t in np.flatnonzero(self._eog)]
+        newline = llama_cpp.llama_vocab_nl(self.vocab)
+        self.newline_ids = [int(newline)] if 0 <= newline < self.n_vocab else []
         self._lora: list[ctypes.c_void_p] = []
 
     @property
@@ -154,7 +196,7 @@ class LlamaModel:
         return int(value) if value is not None else llama_cpp.LLAMA_POOLING_TYPE_NONE
 
     def is_eog(self, token: int) -> bool:
-        return bool(self._eog[token])
+        return 0 <= token < self.n_vocab and bool(self._eog[token])
 
     def tokenize(
         self, text: str, *, add_special: bool = True, parse_special: bool = True
@@ -180,6 +222,8 @@ class LlamaModel:
         cached = self._pieces.get(token)
         if cached is not None:
             return cached
+        if not 0 <= token < self.n_vocab:  # llama.cpp would throw through C and abort
+            raise LlamaError(f"token {token} is outside the vocabulary")
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
         if n < 0:
@@ -217,6 +261,7 @@ class ContextParams:
     n_ctx_per_seq: int = 4096
     n_seq_max: int = 4
     n_batch: int = 512
+    n_ubatch: int | None = None  # None: n_batch
     n_threads: int = 0
     n_threads_batch: int = 0
     flash_attention: bool | None = None
@@ -239,7 +284,7 @@ class LlamaContext:
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = params.n_ctx_per_seq * params.n_seq_max
         cparams.n_batch = params.n_batch
-        cparams.n_ubatch = params.n_batch
+        cparams.n_ubatch = params.n_ubatch or params.n_batch
         cparams.n_seq_max = params.n_seq_max
         threads = params.n_threads or default_threads()
         cparams.n_threads = threads
@@ -264,6 +309,7 @@ class LlamaContext:
         # sequences need the cells of any position, not only the last window
         cparams.swa_full = True
         cparams.no_perf = True
+        _recent_problems.clear()
         self._ctx = llama_cpp.llama_init_from_model(model.handle, cparams)
         if not self._ctx:
             raise LlamaError(
@@ -276,6 +322,8 @@ class LlamaContext:
         self.memory = llama_cpp.llama_get_memory(self._ctx)
         self.can_shift = bool(self.memory) and bool(llama_cpp.llama_memory_can_shift(self.memory))
         self.n_vocab = model.n_vocab
+        self.is_embedding = bool(params.embeddings)
+        self._batch: Batch | None = None
 
     @property
     def handle(self) -> ctypes.c_void_p:
@@ -294,6 +342,18 @@ class LlamaContext:
 
     def decode(self, batch: Batch) -> int:
         return llama_cpp.llama_decode(self.handle, batch.raw)
+
+    def decode_batch(self, entries: Sequence[BatchEntry]) -> None:
+        """The `Context` protocol's decode: fill this context's own batch and decode it."""
+        if self._batch is None:
+            self._batch = Batch(self.n_batch, 1)
+        batch = self._batch
+        batch.clear()
+        for entry in entries:
+            batch.add(entry.seq_id, entry.tokens, entry.start_pos, entry.wants_logits)
+        status = self.decode(batch)
+        if status != 0:
+            raise DecodeError(f"llama_decode failed with status {status}")
 
     def logits_row(self, i: int) -> np.ndarray:
         """A numpy view of the logits of batch row `i`; valid until the next decode."""
@@ -334,6 +394,9 @@ class LlamaContext:
             llama_cpp.llama_memory_clear(self.memory, True)
 
     def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
@@ -381,3 +444,57 @@ class Batch:
         if self.raw is not None:
             llama_cpp.llama_batch_free(self.raw)
             self.raw = None
+
+
+class LlamaBackend:
+    """The production `Backend`: llama.cpp through `LlamaModel` and `LlamaContext`."""
+
+    def open(self, spec: LoadSpec) -> tuple[LlamaModel, LlamaContext]:
+        """Load `spec` (blocking: call it from a worker thread). The caller owns the result."""
+        model = LlamaModel(
+            spec.model_path,
+            ModelLoadParams(
+                num_gpu=spec.num_gpu,
+                main_gpu=spec.main_gpu,
+                use_mmap=spec.use_mmap,
+                use_mlock=spec.use_mlock,
+                numa=spec.numa,
+            ),
+        )
+        try:
+            pooling = model.pooling_type()
+            embedding = pooling not in (
+                llama_cpp.LLAMA_POOLING_TYPE_NONE,
+                llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
+            )
+            plan = context_plan(spec, n_ctx_train=model.n_ctx_train, embedding=embedding)
+            context = LlamaContext(
+                model,
+                ContextParams(
+                    n_ctx_per_seq=plan.n_ctx_seq,
+                    n_seq_max=plan.n_seq_max,
+                    n_batch=plan.n_batch,
+                    n_ubatch=plan.n_ubatch,
+                    n_threads=plan.n_threads,
+                    n_threads_batch=plan.n_threads_batch,
+                    flash_attention=spec.flash_attention,
+                    kv_cache_type=spec.kv_cache_type,
+                    embeddings=embedding,
+                    pooling=pooling if embedding else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
+                    kv_unified=True,
+                ),
+            )
+        except BaseException:
+            model.close()
+            raise
+        try:
+            if spec.adapters:
+                context.set_lora([(model.load_lora(path), 1.0) for path in spec.adapters])
+        except BaseException:
+            context.close()
+            model.close()
+            raise
+        return model, context
+
+
+LLAMA = LlamaBackend()

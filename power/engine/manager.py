@@ -1,16 +1,34 @@
 """The model manager: loads models on demand, counts references, expires and evicts them.
 
-Instance lifecycle::
+Instance lifecycle (`InstanceState`, checked by `Instance._move`)::
 
-    (absent) --load--> READY --refs drop to 0--> READY, idle with a deadline
-                         ^  |                         |  (keep_alive elapsed, eviction,
-                         |  +--------<--reuse---------+   or a reload with other options)
-                         |                            v
-                         +------------------------ UNLOADING --> (absent)
+    LOADING --open succeeded--> READY --unload asked--> UNLOADING --freed--> CLOSED
+       |                          |                       ^
+       +--unload asked: done as soon as the open returns--+
+       |                          +--its step loop failed, freed--> FAILED
+       +--open failed--> FAILED
 
-Each instance's step loop runs in the manager's nursery under its own cancel scope; unloading
-cancels that scope (the worker thread finishes its current decode first), then frees the C
-resources. The keep_alive timer runs only while an instance is idle (no references).
+- Each instance is owned by one task in the manager's nursery (`_instance_task`). It opens the
+  model in a worker thread (shielded: an open that has started always completes, so what it
+  returns is never lost), runs the step loop under the instance's cancel scope, and in its
+  `finally` frees the C resources, moves to CLOSED or FAILED, and forgets the instance. Nothing
+  else frees an instance.
+- A request (`use`) holds a reference from the moment it finds or creates the instance, loading
+  or not. Cancelling a request that waits only drops its reference: the load goes on in the
+  manager's task. A load abandoned by all its requesters finishes and then idles with its
+  keep_alive (or is unloaded at once with keep_alive 0); it is never left half-done.
+- Unloading (`_begin_unload`) only asks: a READY instance's loop scope is cancelled (the worker
+  thread finishes its current decode first); a LOADING one is marked, and its task closes it as
+  soon as the open returns. Waiting for the end is waiting for the `closed` event.
+- keep_alive timers run only while an instance is idle (no references), in trio's clock (a
+  `MockClock` in tests); `expires_at` is the matching wall-clock time, for `/api/ps`.
+- Eviction: when a new model does not fit (`max_loaded`, or the estimate of its memory above the
+  available memory), the idle instance that expires soonest is unloaded, one at a time; a model
+  that could not fit even if every loaded model were unloaded is refused at once (500), without
+  evicting anything.
+
+Every decision is made synchronously on the trio thread between awaits, so no lock is needed:
+a waiting request re-examines the situation whenever anything changes (`_changed`).
 """
 
 from __future__ import annotations
@@ -27,7 +45,10 @@ from typing import Any
 import attrs
 import trio
 
-from power.engine.model import LoadedModel, LoadSpec
+from power.engine.backend import Backend, WorkerRunner
+from power.engine.lifecycle import check_transition
+from power.engine.loadspec import LoadSpec, clamp_num_ctx, gguf_context_length
+from power.engine.model import LoadedModel
 from power.engine.types import EngineError
 
 log = logging.getLogger(__name__)
@@ -39,10 +60,22 @@ class InstanceState(enum.Enum):
     LOADING = "loading"
     READY = "ready"
     UNLOADING = "unloading"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+_S = InstanceState
+TRANSITIONS: dict[InstanceState, frozenset[InstanceState]] = {
+    _S.LOADING: frozenset({_S.READY, _S.UNLOADING, _S.FAILED}),
+    _S.READY: frozenset({_S.UNLOADING, _S.FAILED}),
+    _S.UNLOADING: frozenset({_S.CLOSED}),
+}
 
 
 @attrs.define(eq=False)
 class Instance:
+    """One model loaded (or loading) under one `LoadSpec`; see the module docstring."""
+
     name: str
     spec: LoadSpec
     info: dict[str, Any]
@@ -51,14 +84,26 @@ class Instance:
     refs: int = 0
     keep_alive: float = 300.0
     expires_at: float | None = None  # wall-clock seconds; None while in use or forever
-    scope: trio.CancelScope | None = None
+    deadline: float | None = None  # the same moment in trio's clock
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)  # the step loop's
     timer: trio.CancelScope | None = None
-    ready: trio.Event = attrs.field(factory=trio.Event)
-    stopped: trio.Event = attrs.field(factory=trio.Event)
-    idle: trio.Event = attrs.field(factory=trio.Event)
+    unload_requested: bool = False
+    closed: trio.Event = attrs.field(factory=trio.Event)  # set in CLOSED or FAILED
+    idle: trio.Event = attrs.field(factory=trio.Event)  # set when refs drop to 0
     load_error: BaseException | None = None
-    idle_token: int = 0
+    failure: BaseException | None = None  # why the step loop stopped, if it failed
     estimated_bytes: int = 0
+
+    def _move(self, to: InstanceState) -> None:
+        check_transition(f"model instance {self.name!r}", TRANSITIONS, self.state, to)
+        self.state = to
+        if to in (InstanceState.CLOSED, InstanceState.FAILED):
+            self.closed.set()
+
+    @property
+    def stopped(self) -> trio.Event:
+        """The `closed` event (its former name)."""
+        return self.closed
 
 
 def available_memory() -> int:
@@ -74,19 +119,26 @@ def available_memory() -> int:
 
 
 def estimate_bytes(spec: LoadSpec) -> int:
-    """A conservative estimate of what loading `spec` costs: weights plus KV cache plus slack."""
+    """A conservative estimate of what loading `spec` costs: weights plus KV cache plus slack.
+
+    The context is counted as it will be loaded (clamped to the model's trained context)."""
     try:
         weights = Path(spec.model_path).stat().st_size
     except OSError:
         weights = 0
+    num_ctx = clamp_num_ctx(max(spec.num_ctx, 0), gguf_context_length(spec.model_path), quiet=True)
     # KV cache: without reading the file, assume ~ (weights / 1000) bytes per cell, bounded.
     per_cell = max(16 * 1024, min(weights // 2000, 512 * 1024))
-    kv = per_cell * spec.num_ctx * max(1, spec.num_parallel) // 8
+    kv = per_cell * num_ctx * max(1, spec.num_parallel) // 8
     return weights + kv + 64 * 1024 * 1024
 
 
 class ModelManager:
-    """Hands out loaded models. Start with `nursery.start(manager.run)`."""
+    """Hands out loaded models. Start with `nursery.start(manager.run)`.
+
+    `backend` opens models (llama.cpp by default), `run_sync` runs blocking backend calls
+    (`trio.to_thread.run_sync` by default), `wall_clock` dates `expires_at`; keep_alive timers use
+    trio's clock. Tests inject all of them, and `memory_probe`/`estimator`."""
 
     def __init__(
         self,
@@ -97,6 +149,9 @@ class ModelManager:
         memory_probe: Callable[[], int] = available_memory,
         estimator: Callable[[LoadSpec], int] = estimate_bytes,
         on_event: Callable[[str, str], None] | None = None,
+        backend: Backend | None = None,
+        run_sync: WorkerRunner | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_loaded = max_loaded
         self.max_queue = max_queue
@@ -104,13 +159,17 @@ class ModelManager:
         self.memory_probe = memory_probe
         self.estimator = estimator
         self.on_event = on_event or (lambda kind, name: None)
+        self.backend = backend
+        self.run_sync = run_sync
+        self.wall_clock = wall_clock
         self.instances: dict[str, Instance] = {}
         self.n_pending = 0
-        self._lock = trio.Lock()
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the instances' tasks; cancelling this unloads everything (after any open in
+        progress has returned)."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -141,19 +200,13 @@ class ModelManager:
         keep_alive: float | None = None,
         info: dict | None = None,
     ) -> AsyncIterator[LoadedModel]:
-        """Hold a reference to `name` loaded per `spec` for the duration of the block."""
+        """Hold a reference to `name` loaded per `spec` for the duration of the block.
+
+        Loads it (evicting idle models if needed) or waits for it. Raises EngineError: 503 when
+        the queue is full, 500 when the model cannot fit or fails to load. Cancellation while
+        waiting drops the reference; the load itself goes on (see the module docstring)."""
         self.check_queue()
-        instance = self.instances.get(name)
-        if instance is not None and instance.spec == spec and instance.state is InstanceState.READY:
-            self._take(instance)  # loaded already: no wait, so never counted as pending
-        else:
-            self.n_pending += 1
-            try:
-                instance = await self._acquire(name, spec, info or {})
-            finally:
-                self.n_pending -= 1
-        if keep_alive is not None:
-            instance.keep_alive = keep_alive
+        instance = await self._acquire(name, spec, info or {}, keep_alive)
         try:
             assert instance.loaded is not None
             yield instance.loaded
@@ -161,136 +214,182 @@ class ModelManager:
             self._release(instance)
 
     async def unload(self, name: str) -> bool:
-        """Unload `name` as soon as it is idle (at once if it is). Returns whether it was loaded."""
+        """Unload `name` as soon as it is idle (at once if it is, when its open returns if it
+        is loading), and wait for that when it is idle. Returns whether it was loaded."""
         instance = self.instances.get(name)
         if instance is None:
             return False
         instance.keep_alive = 0
         if instance.refs == 0:
-            await self._unload(instance)
+            self._begin_unload(instance)
+            await instance.closed.wait()
         return True
 
     async def unload_all(self) -> None:
-        for instance in list(self.instances.values()):
-            await self._unload(instance)
+        """Unload every instance, in use or not (server shutdown), and wait until all closed."""
+        instances = list(self.instances.values())
+        for instance in instances:
+            self._begin_unload(instance)
+        for instance in instances:
+            await instance.closed.wait()
 
     def running(self) -> list[Instance]:
         return [i for i in self.instances.values() if i.state is InstanceState.READY]
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ acquiring
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def _acquire(self, name: str, spec: LoadSpec, info: dict) -> Instance:
-        while True:
-            async with self._lock:
+    async def _acquire(
+        self, name: str, spec: LoadSpec, info: dict, keep_alive: float | None
+    ) -> Instance:
+        instance = self.instances.get(name)
+        if instance is not None and instance.spec == spec and instance.state is InstanceState.READY:
+            self._take(instance, keep_alive)  # loaded already: no wait, never counted as pending
+            return instance
+        held: Instance | None = None  # the instance this request holds a reference on
+        self.n_pending += 1
+        try:
+            while True:
+                changed = self._changed  # any change after this point wakes us
+                if held is not None:
+                    if held.state is InstanceState.READY:
+                        ready, held = held, None
+                        return ready
+                    if held.state is InstanceState.FAILED:
+                        raise EngineError(f"failed to load model {name!r}: {held.load_error}")
+                    if held.state is not InstanceState.LOADING or held.unload_requested:
+                        raise EngineError(f"model {name!r} was unloaded while loading", status=503)
+                    await changed.wait()
+                    continue
                 instance = self.instances.get(name)
-                if instance is not None and instance.spec == spec:
-                    if instance.state is InstanceState.READY:
-                        self._take(instance)
-                        return instance
-                    if instance.state is InstanceState.LOADING:
-                        wait_for = instance.ready
-                    else:
-                        wait_for = instance.stopped
-                elif instance is not None:
-                    # loaded with other load options: reload once it is idle
-                    if instance.refs == 0 and instance.state is InstanceState.READY:
-                        await self._unload(instance)
+                if instance is None:
+                    room = self._make_room(spec)
+                    if room is None:
+                        held = self._start_load(name, spec, info, keep_alive)
                         continue
-                    wait_for = instance.idle if instance.refs else instance.stopped
-                else:
-                    freed = await self._make_room(spec)
-                    if freed is None:
-                        instance = Instance(name=name, spec=spec, info=info)
-                        instance.keep_alive = self.default_keep_alive
-                        instance.estimated_bytes = self.estimator(spec)
-                        self.instances[name] = instance
-                        wait_for = None
-                    else:
-                        wait_for = freed
-            if wait_for is None:
-                # load outside the lock: requests for other (loaded) models go on meanwhile
-                await self._load(instance)
-                self._take(instance)
-                return instance
-            await wait_for.wait()
-
-    async def _make_room(self, spec: LoadSpec) -> trio.Event | None:
-        """Evict idle instances until `spec` fits; None when it fits, else an event to wait for."""
-        needed = self.estimator(spec)
-        while True:
-            too_many = len(self.instances) >= self.max_loaded
-            too_big = needed > self.memory_probe()
-            if not too_many and not too_big:
-                return None
-            idle = [
-                i for i in self.instances.values() if i.refs == 0 and i.state is InstanceState.READY
-            ]
-            if idle:
-                victim = min(
-                    idle, key=lambda i: i.expires_at if i.expires_at is not None else math.inf
-                )
-                log.info("evicting %s to make room", victim.name)
-                self.on_event("evict", victim.name)
-                await self._unload(victim)
-                continue
-            if too_big and not self.instances:
-                raise EngineError(
-                    f"model requires more system memory ({needed / 2**30:.1f} GiB) than is "
-                    f"available ({self.memory_probe() / 2**30:.1f} GiB)",
-                    status=500,
-                )
-            return self._changed
-
-    async def _load(self, instance: Instance) -> None:
-        assert self._nursery is not None, "ModelManager.run is not running"
-        try:
-            instance.loaded = await LoadedModel.open(instance.spec)
-        except BaseException as exc:
-            instance.load_error = exc
-            self.instances.pop(instance.name, None)
-            instance.ready.set()
-            instance.stopped.set()
-            self._notify()
-            if isinstance(exc, Exception):
-                raise EngineError(f"failed to load model {instance.name!r}: {exc}") from exc
-            raise
-        await self._nursery.start(self._serve, instance)
-        instance.state = InstanceState.READY
-        instance.ready.set()
-        self.on_event("load", instance.name)
-
-    async def _serve(
-        self, instance: Instance, *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        assert instance.loaded is not None
-        try:
-            with trio.CancelScope() as scope:
-                instance.scope = scope
-                await instance.loaded.run(task_status=task_status)
-                runner = instance.loaded.runner
-                if runner is not None and runner.broken is not None:
-                    # a failed loop: forget the instance so that the next request reloads it
-                    instance.state = InstanceState.UNLOADING
-                    if self.instances.get(instance.name) is instance:
-                        del self.instances[instance.name]
-                    self._notify()
-                    return
-                await trio.sleep_forever()  # embedding models have no loop; wait for unload
+                    await room.wait()
+                    continue
+                if instance.spec == spec and not instance.unload_requested:
+                    if instance.state in (InstanceState.LOADING, InstanceState.READY):
+                        self._take(instance, keep_alive)
+                        held = instance
+                        continue
+                elif instance.state is InstanceState.READY and instance.refs == 0:
+                    # loaded with other load options and idle: reload
+                    self._begin_unload(instance)
+                await changed.wait()
         finally:
-            instance.loaded.close()
-            instance.stopped.set()
+            self.n_pending -= 1
+            if held is not None:  # cancelled or failed while waiting
+                self._release(held)
 
-    def _take(self, instance: Instance) -> None:
+    def _start_load(
+        self, name: str, spec: LoadSpec, info: dict, keep_alive: float | None
+    ) -> Instance:
+        if self._nursery is None:
+            raise EngineError("the model manager is not running")
+        instance = Instance(name=name, spec=spec, info=info)
+        instance.keep_alive = self.default_keep_alive
+        instance.estimated_bytes = self.estimator(spec)
+        self.instances[name] = instance
+        self._take(instance, keep_alive)
+        self._nursery.start_soon(self._instance_task, instance)
+        self._notify()
+        return instance
+
+    def _make_room(self, spec: LoadSpec) -> trio.Event | None:
+        """None when `spec` fits now; else starts one eviction if that can help and returns the
+        event to wait for. Raises EngineError when it cannot fit even with nothing loaded."""
+        needed = self.estimator(spec)
+        available = self.memory_probe()
+        live = list(self.instances.values())
+        if len(live) < self.max_loaded and needed <= available:
+            return None
+        reclaimable = sum(i.estimated_bytes for i in live)
+        if needed > available + reclaimable:
+            raise EngineError(
+                f"model requires more system memory ({needed / 2**30:.1f} GiB) than is "
+                f"available ({available / 2**30:.1f} GiB)",
+                status=500,
+            )
+        if any(i.state is InstanceState.UNLOADING or i.unload_requested for i in live):
+            return self._changed  # memory is on its way back: look again then
+        idle = [i for i in live if i.refs == 0 and i.state is InstanceState.READY]
+        if idle:
+            victim = min(idle, key=lambda i: i.deadline if i.deadline is not None else math.inf)
+            log.info("evicting %s to make room", victim.name)
+            self.on_event("evict", victim.name)
+            self._begin_unload(victim)
+        return self._changed
+
+    # ------------------------------------------------------------------ the instance's task
+    async def _instance_task(self, instance: Instance) -> None:
+        """Open, serve, and finally free `instance` (its only owner)."""
+        try:
+            with trio.CancelScope(shield=True):
+                loaded = await LoadedModel.open(
+                    instance.spec, backend=self.backend, run_sync=self.run_sync
+                )
+        except Exception as exc:
+            log.warning("failed to load model %r: %s", instance.name, exc)
+            instance.load_error = exc
+            instance._move(InstanceState.FAILED)
+            self._forget(instance)
+            return
+        instance.loaded = loaded
+        try:
+            if instance.unload_requested:
+                instance._move(InstanceState.UNLOADING)
+                return
+            instance._move(InstanceState.READY)
+            self.on_event("load", instance.name)
+            self._notify()
+            if instance.refs == 0:
+                self._became_idle(instance)  # abandoned while loading
+            with instance.scope:
+                await loaded.run()
+                runner = loaded.runner
+                if runner is not None and runner.broken is not None:
+                    instance.failure = runner.broken
+                else:
+                    await trio.sleep_forever()  # embedding models have no loop: wait for unload
+        finally:
+            loaded.close()
+            if instance.failure is not None and instance.state is InstanceState.READY:
+                instance._move(InstanceState.FAILED)  # the next request reloads it
+            else:
+                if instance.state is InstanceState.READY:
+                    instance._move(InstanceState.UNLOADING)  # the manager itself was cancelled
+                instance._move(InstanceState.CLOSED)
+                self.on_event("unload", instance.name)
+            self._forget(instance)
+
+    def _begin_unload(self, instance: Instance) -> None:
+        """Ask `instance` to unload (see the module docstring); returns at once."""
+        if instance.state is InstanceState.LOADING:
+            instance.unload_requested = True
+        elif instance.state is InstanceState.READY:
+            instance._move(InstanceState.UNLOADING)
+            self._cancel_timer(instance)
+            instance.scope.cancel()
+        self._notify()
+
+    def _forget(self, instance: Instance) -> None:
+        if self.instances.get(instance.name) is instance:
+            del self.instances[instance.name]
+        self._cancel_timer(instance)
+        self._notify()
+
+    # ------------------------------------------------------------------ references, keep_alive
+    def _take(self, instance: Instance, keep_alive: float | None) -> None:
         instance.refs += 1
-        instance.idle_token += 1
-        instance.expires_at = None
+        if keep_alive is not None:
+            instance.keep_alive = keep_alive
+        instance.expires_at = instance.deadline = None
         instance.idle = trio.Event()
-        if instance.timer is not None:
-            instance.timer.cancel()
-            instance.timer = None
+        self._cancel_timer(instance)
 
     def _release(self, instance: Instance) -> None:
         instance.refs -= 1
@@ -298,42 +397,30 @@ class ModelManager:
             return
         instance.idle.set()
         self._notify()
-        if instance.state is not InstanceState.READY or self._nursery is None:
-            return
-        if instance.keep_alive <= 0:
-            self._nursery.start_soon(self._unload, instance)
+        if instance.state is InstanceState.READY:
+            self._became_idle(instance)
+
+    def _became_idle(self, instance: Instance) -> None:
+        """Start the keep_alive of a READY instance that nobody uses."""
+        if instance.keep_alive <= 0 or self._nursery is None:
+            self._begin_unload(instance)
         elif math.isfinite(instance.keep_alive):
-            instance.expires_at = time.time() + instance.keep_alive
-            self._nursery.start_soon(
-                self._expire, instance, instance.keep_alive, instance.idle_token
-            )
+            instance.deadline = trio.current_time() + instance.keep_alive
+            instance.expires_at = self.wall_clock() + instance.keep_alive
+            timer = instance.timer = trio.CancelScope()
+            self._nursery.start_soon(self._expire, instance, timer, instance.deadline)
 
-    async def _expire(self, instance: Instance, delay: float, token: int) -> None:
-        if instance.idle_token != token:
-            return  # used again before this timer even started
-        with trio.CancelScope() as timer:
-            instance.timer = timer
-            await trio.sleep(delay)
-            if (
-                instance.refs == 0
-                and instance.idle_token == token
-                and instance.state is InstanceState.READY
-            ):
-                self.on_event("expire", instance.name)
-                await self._unload(instance)
-
-    async def _unload(self, instance: Instance) -> None:
-        if instance.state is InstanceState.UNLOADING:
-            await instance.stopped.wait()
-            return
-        instance.state = InstanceState.UNLOADING
+    def _cancel_timer(self, instance: Instance) -> None:
         if instance.timer is not None:
             instance.timer.cancel()
-        if instance.scope is not None:
-            instance.scope.cancel()
-        with trio.CancelScope(shield=True):
-            await instance.stopped.wait()
-        if self.instances.get(instance.name) is instance:
-            del self.instances[instance.name]
-        self.on_event("unload", instance.name)
-        self._notify()
+            instance.timer = None
+
+    async def _expire(self, instance: Instance, timer: trio.CancelScope, deadline: float) -> None:
+        with timer:  # cancelled by `_take` (even before this task starts) or by an unload
+            await trio.sleep_until(deadline)
+        if timer.cancel_called:
+            return
+        instance.timer = None
+        if instance.refs == 0 and instance.state is InstanceState.READY:
+            self.on_event("expire", instance.name)
+            self._begin_unload(instance)

@@ -17,89 +17,64 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import attrs
-import llama_cpp
 import numpy as np
 import trio
 
-from power.engine.llama import (
-    Batch,
-    ContextParams,
-    LlamaContext,
-    LlamaModel,
-    ModelLoadParams,
-)
+from power.engine.backend import Backend, BatchEntry, Context, Vocabulary, WorkerRunner
+from power.engine.loadspec import LoadSpec, clamp_num_ctx
 from power.engine.runner import Runner
 from power.engine.sampling import SequenceSampler
 from power.engine.types import Chunk, EmbedResult, EngineError, GenerationParams
-from power.options import LOAD_OPTIONS, Options
+from power.options import Options
+
+__all__ = ["LoadSpec", "LoadedModel", "load"]
 
 log = logging.getLogger(__name__)
 
 
-@attrs.frozen
-class LoadSpec:
-    """Everything that decides how a model is loaded; a different spec means a reload.
+def _default_backend() -> Backend:
+    from power.engine.llama import LLAMA
 
-    Its option fields are exactly `power.options.LOAD_OPTIONS` (see `from_options`)."""
-
-    model_path: str
-    adapters: tuple[str, ...] = ()
-    num_ctx: int = 4096
-    num_batch: int = 512
-    num_gpu: int = -1
-    main_gpu: int = 0
-    use_mmap: bool | None = None
-    use_mlock: bool = False
-    numa: bool = False
-    num_thread: int = 0
-    num_thread_batch: int = 0
-    flash_attention: bool | None = None
-    kv_cache_type: str = "f16"
-    num_parallel: int = 4
-
-    @classmethod
-    def from_options(
-        cls,
-        model_path: str | Path,
-        options: Options,
-        *,
-        adapters: tuple[str, ...] = (),
-        num_parallel: int = 4,
-        kv_cache_type: str = "f16",
-        flash_attention: bool | None = None,
-    ) -> LoadSpec:
-        values = {name: getattr(options, name) for name in LOAD_OPTIONS}
-        if values["flash_attention"] is None:
-            values["flash_attention"] = flash_attention
-        return cls(
-            model_path=str(model_path),
-            adapters=tuple(str(a) for a in adapters),
-            kv_cache_type=kv_cache_type,
-            num_parallel=num_parallel,
-            **values,
-        )
+    return LLAMA
 
 
 class LoadedModel:
-    """Owns a LlamaModel, a LlamaContext and (for generative models) a Runner.
+    """Owns a model's vocabulary, its context and (for generative models) its `Runner`.
 
     Build with `await LoadedModel.open(spec)` (loads in a worker thread), start its loop with
-    `nursery.start(model.run)`, and `close()` after the loop task has ended.
+    `nursery.start(model.run)`, and `close()` once the loop task has ended: `close` frees the
+    context and the weights, and nothing else does.
     """
 
-    def __init__(self, spec: LoadSpec, model: LlamaModel, context: LlamaContext) -> None:
+    def __init__(
+        self,
+        spec: LoadSpec,
+        model: Vocabulary,
+        context: Context,
+        *,
+        run_sync: WorkerRunner | None = None,
+    ) -> None:
         self.spec = spec
         self.model = model
         self.context = context
         self.limiter = trio.CapacityLimiter(1)
-        self.is_embedding = context.params.embeddings
-        n_ctx_seq = min(spec.num_ctx, context.n_ctx_seq)
+        self.run_sync: WorkerRunner = run_sync or trio.to_thread.run_sync
+        self.is_embedding = context.is_embedding
+        # the cells one sequence may use: num_ctx as loaded (clamped like the context itself;
+        # llama.cpp pads the context, and a unified cache lets any sequence use all of it)
+        n_ctx_seq = min(
+            clamp_num_ctx(spec.num_ctx, model.n_ctx_train, quiet=True), context.n_ctx_seq
+        )
         self.n_ctx_seq = n_ctx_seq
         self.runner: Runner | None = None
         if not self.is_embedding:
             self.runner = Runner(
-                model, context, n_slots=context.n_seq_max, n_ctx_seq=n_ctx_seq, limiter=self.limiter
+                model,
+                context,
+                n_slots=context.n_seq_max,
+                n_ctx_seq=n_ctx_seq,
+                limiter=self.limiter,
+                run_sync=self.run_sync,
             )
         self.load_duration_ns = 0
         self.loaded_at_ns = 0
@@ -109,64 +84,42 @@ class LoadedModel:
         return self.load_duration_ns if self.loaded_at_ns >= t_request_ns else 0
 
     @classmethod
-    async def open(cls, spec: LoadSpec) -> LoadedModel:
-        t0 = time.perf_counter_ns()
-        loaded = await trio.to_thread.run_sync(cls._open_sync, spec)
-        loaded.load_duration_ns = time.perf_counter_ns() - t0
-        loaded.loaded_at_ns = time.perf_counter_ns()
-        return loaded
+    async def open(
+        cls,
+        spec: LoadSpec,
+        *,
+        backend: Backend | None = None,
+        run_sync: WorkerRunner | None = None,
+    ) -> LoadedModel:
+        """Load `spec` with `backend` (llama.cpp by default) in a worker thread.
 
-    @classmethod
-    def _open_sync(cls, spec: LoadSpec) -> LoadedModel:
-        model = LlamaModel(
-            spec.model_path,
-            ModelLoadParams(
-                num_gpu=spec.num_gpu,
-                main_gpu=spec.main_gpu,
-                use_mmap=spec.use_mmap,
-                use_mlock=spec.use_mlock,
-                numa=spec.numa,
-            ),
-        )
+        Cancellation: the worker thread is never abandoned; if the caller is cancelled while it
+        runs, what it opened is closed before `Cancelled` propagates (nothing leaks)."""
+        backend = backend or _default_backend()
+        run_sync = run_sync or trio.to_thread.run_sync
+        t0 = time.perf_counter_ns()
+        opened: list[tuple[Vocabulary, Context]] = []
+
+        def open_sync() -> None:
+            opened.append(backend.open(spec))
+
         try:
-            pooling = model.pooling_type()
-            embedding = pooling not in (
-                llama_cpp.LLAMA_POOLING_TYPE_NONE,
-                llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
-            )
-            num_ctx = spec.num_ctx
-            if model.n_ctx_train > 0:
-                num_ctx = min(num_ctx, model.n_ctx_train) if embedding else num_ctx
-            n_seq = max(1, spec.num_parallel)
-            n_batch = spec.num_batch
-            if embedding:
-                n_batch = max(n_batch, num_ctx)  # a whole input must fit one ubatch
-            context = LlamaContext(
-                model,
-                ContextParams(
-                    n_ctx_per_seq=num_ctx,
-                    n_seq_max=n_seq,
-                    n_batch=n_batch,
-                    n_threads=spec.num_thread,
-                    n_threads_batch=spec.num_thread_batch,
-                    flash_attention=spec.flash_attention,
-                    kv_cache_type=spec.kv_cache_type,
-                    embeddings=embedding,
-                    pooling=pooling if embedding else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
-                    kv_unified=True,
-                ),
-            )
+            await run_sync(open_sync)
         except BaseException:
-            model.close()
+            for model, context in opened:
+                context.close()
+                model.close()
             raise
+        model, context = opened[0]
         try:
-            if spec.adapters:
-                context.set_lora([(model.load_lora(path), 1.0) for path in spec.adapters])
+            loaded = cls(spec, model, context, run_sync=run_sync)
         except BaseException:
             context.close()
             model.close()
             raise
-        return cls(spec, model, context)
+        loaded.load_duration_ns = time.perf_counter_ns() - t0
+        loaded.loaded_at_ns = time.perf_counter_ns()
+        return loaded
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The model's step loop (returns at once for embedding models, which have none)."""
@@ -176,9 +129,8 @@ class LoadedModel:
         await self.runner.run(task_status=task_status)
 
     def close(self) -> None:
-        """Free C resources. Only after `run` has returned (nothing may be decoding)."""
-        if self.runner is not None:
-            self.runner.batch.close()
+        """Free the context and the weights. Only after `run` has returned (nothing may be
+        decoding). Idempotent."""
         self.context.close()
         self.model.close()
 
@@ -188,8 +140,10 @@ class LoadedModel:
         return self.context.n_ctx * self.model.n_layer * self.model.n_embd * 2 * element // 4
 
     def gpu_layers(self) -> int:
-        """Layers offloaded to a GPU (0 on a CPU-only build)."""
-        if not llama_cpp.llama_supports_gpu_offload():
+        """Layers offloaded to a GPU (0 on a CPU-only build or without a GPU device)."""
+        from power.engine.llama import gpu_device_count
+
+        if gpu_device_count() == 0:
             return 0
         if self.spec.num_gpu < 0:
             return self.model.n_layer + 1
@@ -206,6 +160,8 @@ class LoadedModel:
 
     def fim_tokens(self, prefix: str, suffix: str) -> list[int]:
         """A fill-in-the-middle prompt from the vocabulary's FIM tokens (prefix, suffix, middle)."""
+        import llama_cpp
+
         vocab = self.model.vocab
         pre = llama_cpp.llama_vocab_fim_pre(vocab)
         suf = llama_cpp.llama_vocab_fim_suf(vocab)
@@ -241,12 +197,19 @@ class LoadedModel:
             except Exception as exc:  # noqa: BLE001
                 raise EngineError(f"invalid grammar: {exc}", status=400) from exc
         assert self.runner is not None
-        return SequenceSampler(params.options, self.runner.vocab_info, grammar=grammar)
+        return SequenceSampler(
+            params.options, self.runner.vocab_info, grammar=grammar, n_ctx=self.n_ctx_seq
+        )
 
     async def generate(
         self, prompt: str | list[int] | GenerationParams, options: Options | None = None
     ) -> AsyncIterator[Chunk]:
-        """Stream a generation. Leaving early (break, cancellation, aclose) frees the sequence."""
+        """Stream a generation: chunks of merged text, the last one `done` with the metrics.
+
+        Raises EngineError when the request cannot be served (status 400: bad options, empty or
+        too long prompt; 500: the sequence failed, the model was unloaded). Leaving early
+        (break, cancellation, aclose) cancels the generation: the runner frees its sequence and
+        its KV cells at its next step."""
         if self.runner is None:
             raise EngineError("this model does not support generate", status=400)
         if isinstance(prompt, GenerationParams):
@@ -254,7 +217,13 @@ class LoadedModel:
         else:
             tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
             params = GenerationParams(prompt=tuple(tokens), options=options or Options())
-        generation = self.runner.submit(params, self.make_sampler(params))
+        params.options.check()  # OptionError: an EngineError with status 400
+        sampler = self.make_sampler(params)
+        try:
+            generation = self.runner.submit(params, sampler)
+        except BaseException:
+            sampler.close()
+            raise
         try:
             while True:
                 for chunk in await generation.collector.take():
@@ -297,7 +266,7 @@ class LoadedModel:
             token_lists.append(tokens)
         if dimensions is not None and not (0 < dimensions <= self.model.n_embd):
             raise EngineError(f"dimensions must be between 1 and {self.model.n_embd}", status=400)
-        vectors = await trio.to_thread.run_sync(self._embed_sync, token_lists, limiter=self.limiter)
+        vectors = await self.run_sync(self._embed_sync, token_lists, limiter=self.limiter)
         out = []
         for vector in vectors:
             if dimensions is not None:
@@ -314,29 +283,26 @@ class LoadedModel:
         n_embd = self.model.n_embd
         capacity = self.context.n_batch
         n_seq = self.context.n_seq_max
-        batch = Batch(capacity, 1)
         results: list[np.ndarray] = []
-        try:
-            i = 0
-            while i < len(token_lists):
-                batch.clear()
-                group = 0
-                while (
-                    i + group < len(token_lists)
-                    and group < n_seq
-                    and batch.n_tokens + len(token_lists[i + group]) <= capacity
-                ):
-                    batch.add(group, token_lists[i + group], 0, True)
-                    group += 1
-                status = self.context.decode(batch)
-                if status != 0:
-                    raise EngineError(f"llama_decode failed with status {status}")
-                for seq in range(group):
+        i = 0
+        while i < len(token_lists):
+            entries: list[BatchEntry] = []
+            n_tokens = 0
+            while (
+                i + len(entries) < len(token_lists)
+                and len(entries) < n_seq
+                and n_tokens + len(token_lists[i + len(entries)]) <= capacity
+            ):
+                tokens = token_lists[i + len(entries)]
+                entries.append(BatchEntry(len(entries), tokens, 0, True))
+                n_tokens += len(tokens)
+            try:
+                self.context.decode_batch(entries)
+                for seq in range(len(entries)):
                     results.append(self.context.embedding_seq(seq, n_embd))
+            finally:
                 self.context.clear()
-                i += group
-        finally:
-            batch.close()
+            i += len(entries)
         return results
 
 
@@ -348,8 +314,12 @@ async def load(
     num_parallel: int = 4,
     adapters: tuple[str, ...] = (),
     kv_cache_type: str = "f16",
+    backend: Backend | None = None,
 ) -> AsyncIterator[LoadedModel]:
-    """Load a GGUF file and run its step loop for the duration of the `async with` block."""
+    """Load a GGUF file and run its step loop for the duration of the `async with` block.
+
+    Raises OptionError for a load option out of range (see `power.engine.loadspec` for the
+    values that are adjusted instead)."""
     spec = LoadSpec.from_options(
         model_path,
         options or Options(),
@@ -357,7 +327,7 @@ async def load(
         num_parallel=num_parallel,
         kv_cache_type=kv_cache_type,
     )
-    loaded = await LoadedModel.open(spec)
+    loaded = await LoadedModel.open(spec, backend=backend)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(loaded.run)

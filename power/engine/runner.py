@@ -1,14 +1,26 @@
-"""The step loop of one loaded model: token-level continuous batching on one llama.cpp context.
+"""The step loop of one loaded model: token-level continuous batching on one context.
 
 One trio task (`Runner.run`) owns the loop. Each step it admits waiting requests into free slots,
 shifts full contexts, plans one batch (a token per generating sequence, then prompt chunks),
-runs `llama_decode` plus sampling in a worker thread (`trio.to_thread.run_sync` under the model's
-`CapacityLimiter(1)`, never abandoned: the thread owns the context while it runs), and commits:
-each sampled token becomes text, passes the stop matcher and lands in its request's `Collector`.
+decodes it and samples in a worker thread (`run_sync`, `trio.to_thread.run_sync` under the
+model's `CapacityLimiter(1)` in production, never abandoned: the thread owns the context while
+it runs), and commits: each sampled token becomes text, passes the stop matcher and lands in its
+request's `Collector`. The backend (`power.engine.backend`) and the worker runner are injected,
+so the loop runs on the CPU with a fake backend in tests.
 
 The loop never awaits a consumer. A `Collector` merges what arrives while its reader is slow.
-Cancellation: `Runner.cancel(generation)` only sets a flag (safe from any task); the loop
-releases the slot and frees its KV cells at the next step boundary.
+
+Errors stay with their sequence: an exception while sampling, detokenising or matching stops
+fails that one generation (`SamplingError`, an `EngineError`) and the others go on; a failed
+decode fails the sequences of that batch only (their KV cells are dropped). Only an error in the
+loop's own bookkeeping or in a KV-cache operation (the context is then unusable) stops the loop:
+`broken` is set, every generation fails, and the model manager forgets the instance so that the
+next request reloads it.
+
+Cancellation: `Runner.cancel(generation)` is safe from any task; a queued generation is withdrawn
+at once, one holding a slot is released (and its KV cells freed) at the next step boundary.
+Cancelling `run` itself (an unload) waits for the step in the worker thread, then fails every
+generation with "model unloaded"; the caller then closes the context.
 """
 
 from __future__ import annotations
@@ -16,116 +28,32 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from power.engine.llama import Batch, LlamaContext, LlamaModel
+from power.engine.backend import BatchEntry, Context, Vocabulary, WorkerRunner
+from power.engine.generation import Collector, Generation, GenerationState
 from power.engine.sampling import SequenceSampler, VocabInfo
 from power.engine.scheduler import Scheduler, Slot, SlotState, StepPlan
-from power.engine.textstream import StopMatcher, Utf8Accumulator
 from power.engine.types import (
     Chunk,
+    DecodeError,
     DoneReason,
     EngineError,
     GenerationParams,
+    SamplingError,
     TokenLogprob,
     TopLogprob,
 )
 
+__all__ = ["Collector", "DecodeError", "Generation", "Runner"]
+
 log = logging.getLogger(__name__)
 
-
-class DecodeError(EngineError):
-    """llama_decode refused a batch (bad token ids, no room in the KV cache...)."""
-
-
-class Collector:
-    """The per-request mailbox between the loop (producer) and one consumer.
-
-    `push`/`finish`/`fail` never block; `take` waits until something arrived and returns the
-    merged text since the last take (one `Chunk`), followed by the final chunk once done.
-    """
-
-    def __init__(self) -> None:
-        self._text: list[str] = []
-        self._ids: list[int] = []
-        self._logprobs: list[TokenLogprob] = []
-        self._final: Chunk | None = None
-        self._error: BaseException | None = None
-        self._event = trio.Event()
-        self.closed = False
-
-    def push(self, text: str, token: int | None, logprob: TokenLogprob | None) -> None:
-        if text:
-            self._text.append(text)
-        if token is not None:
-            self._ids.append(token)
-        if logprob is not None:
-            self._logprobs.append(logprob)
-        self._event.set()
-
-    def finish(self, final: Chunk) -> None:
-        self._final = final
-        self._event.set()
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._event.set()
-
-    async def take(self) -> list[Chunk]:
-        await self._event.wait()
-        self._event = trio.Event()
-        out: list[Chunk] = []
-        if self._text or self._ids:
-            out.append(
-                Chunk(
-                    text="".join(self._text),
-                    token_ids=tuple(self._ids),
-                    logprobs=tuple(self._logprobs),
-                )
-            )
-            self._text, self._ids, self._logprobs = [], [], []
-        if self._error is not None:
-            if out:
-                return out  # deliver the text first; the error comes at the next take
-            self.closed = True
-            raise self._error
-        if self._final is not None:
-            out.append(self._final)
-            self.closed = True
-        return out
-
-
-class Generation:
-    """The engine-side state of one request (owned by the loop once submitted)."""
-
-    def __init__(self, params: GenerationParams, sampler: SequenceSampler, truncated: bool) -> None:
-        self.params = params
-        self.prompt = list(params.prompt)
-        self.sampler = sampler
-        self.truncated = truncated
-        self.collector = Collector()
-        self.utf8 = Utf8Accumulator()
-        self.stops = StopMatcher(list(params.options.stop))
-        self.generated: list[int] = []
-        self.cancelled = False
-        self.done = False
-        self.slot: Slot | None = None
-        options = params.options
-        #: mirostat, tail-free, typical and grammars sample in a nursery of their own threads
-        self.costly = (
-            options.temperature > 0
-            and (options.mirostat in (1, 2) or options.tfs_z < 1.0 or options.typical_p < 1.0)
-        ) or params.grammar is not None
-        self.n_prompt_evaluated = 0
-        self.t_prompt_start = 0
-        self.t_prompt_end = 0
-
-    def close_sampler(self) -> None:
-        close = getattr(self.sampler, "close", None)
-        if close is not None:
-            close()
+#: What a sequence's sampling produced in a step: (token, logprob), or the error it raised.
+Sampled = dict[int, "tuple[int, TokenLogprob | None] | BaseException"]
 
 
 class Runner:
@@ -133,32 +61,28 @@ class Runner:
 
     def __init__(
         self,
-        model: LlamaModel,
-        context: LlamaContext,
+        model: Vocabulary,
+        context: Context,
         *,
         n_slots: int,
         n_ctx_seq: int,
         limiter: trio.CapacityLimiter | None = None,
+        run_sync: WorkerRunner | None = None,
+        clock_ns: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         self.model = model
         self.context = context
         self.n_ctx_seq = n_ctx_seq
         self.scheduler = Scheduler(n_slots, n_ctx_seq, context.n_batch)
-        self.batch = Batch(context.n_batch, 1)
         self.limiter = limiter or trio.CapacityLimiter(1)
         self.sampling_limiter = trio.CapacityLimiter(max(1, os.cpu_count() or 1))
+        self.run_sync: WorkerRunner = run_sync or trio.to_thread.run_sync
+        self.clock_ns = clock_ns
         self._wake = trio.Event()
         self.broken: BaseException | None = None
-        nl = -1
-        try:
-            import llama_cpp
-
-            nl = llama_cpp.llama_vocab_nl(model.vocab)
-        except Exception:  # noqa: BLE001
-            pass
         self.vocab_info = VocabInfo(
             n_vocab=model.n_vocab,
-            newline_ids=[nl] if nl >= 0 else [],
+            newline_ids=list(getattr(model, "newline_ids", ())),
             eog_ids=list(model.eog_ids),
         )
         self.n_steps = 0
@@ -173,14 +97,20 @@ class Runner:
         return self.scheduler.n_active
 
     def submit(self, params: GenerationParams, sampler: SequenceSampler) -> Generation:
-        """Queue a generation; the prompt is truncated (or refused) to fit one sequence."""
+        """Queue a generation; the prompt is truncated (or refused) to fit one sequence.
+
+        Raises EngineError (400) for an empty prompt, a token outside the vocabulary, or a
+        prompt too long with `truncate=False`. The sampler belongs to the generation from here
+        on (closed when it ends)."""
         if self.broken is not None:
             raise EngineError(f"model runner stopped: {self.broken}")
         prompt = list(params.prompt)
         if not prompt:
             raise EngineError("empty prompt", status=400)
+        if min(prompt) < 0 or max(prompt) >= self.model.n_vocab:
+            raise EngineError("prompt holds a token outside the vocabulary", status=400)
         truncated = False
-        limit = self.n_ctx_seq - 1
+        limit = max(1, self.n_ctx_seq - 1)  # room for at least one generated token
         if len(prompt) > limit:
             if not params.truncate:
                 raise EngineError(
@@ -188,27 +118,31 @@ class Runner:
                     f"({self.n_ctx_seq} tokens)",
                     status=400,
                 )
-            n_keep = max(0, min(params.options.num_keep, limit // 2))
+            num_keep = params.options.num_keep
+            n_keep = limit // 2 if num_keep < 0 else max(0, min(num_keep, limit // 2))
             if self.model.add_bos and prompt[0] == self.model.bos:
                 n_keep = max(n_keep, 1)
             prompt = prompt[:n_keep] + prompt[len(prompt) - (limit - n_keep) :]
             truncated = True
             log.warning("prompt truncated to %d tokens (num_ctx %d)", len(prompt), self.n_ctx_seq)
-        generation = Generation(params, sampler, truncated)
-        generation.prompt = prompt
+        generation = Generation(params, sampler, truncated, prompt)
         sampler.observe(prompt)  # repeat penalties look back into the prompt, as llama.cpp does
         self.scheduler.submit(generation)
         self._wake.set()
         return generation
 
     def cancel(self, generation: Generation) -> None:
-        """Stop a generation (its consumer went away). Frees its slot at the next step."""
-        if generation.done or generation.cancelled:
+        """Stop a generation (its consumer went away). Idempotent; a no-op once it has ended.
+
+        A queued generation is CANCELLED at once; one holding a slot is marked, and the loop
+        releases its slot and frees its KV cells at the next step boundary."""
+        if generation.done or generation.cancel_requested:
             return
-        generation.cancelled = True
-        if self.scheduler.withdraw(generation):
-            generation.done = True
-            generation.close_sampler()
+        if generation.state is GenerationState.QUEUED:
+            if self.scheduler.withdraw(generation):
+                generation.cancel()
+            return
+        generation.cancel_requested = True
         self._wake.set()
 
     # ------------------------------------------------------------------ the loop
@@ -218,19 +152,16 @@ class Runner:
             while True:
                 self._reap_cancelled()
                 if not self.scheduler.has_work():
-                    self._wake = trio.Event()
-                    await self._wake.wait()
+                    await self._wait_for_work()
                     continue
                 self._admit()
                 self._shift()
                 plan = self.scheduler.plan()
                 if not plan.entries:
-                    await trio.sleep(0)
+                    await self._wait_for_work()  # nothing decodable until something changes
                     continue
                 try:
-                    sampled, costly = await trio.to_thread.run_sync(
-                        self._execute, plan, limiter=self.limiter
-                    )
+                    sampled, costly = await self.run_sync(self._execute, plan, limiter=self.limiter)
                 except DecodeError as exc:
                     self._fail_plan(plan, exc)
                     continue
@@ -245,18 +176,37 @@ class Runner:
         finally:
             self._fail_all(EngineError("model unloaded"))
 
+    async def _wait_for_work(self) -> None:
+        self._wake = trio.Event()
+        await self._wake.wait()
+
+    # ------------------------------------------------------------------ ending generations
+    def _release(self, slot: Slot, *, drop_cells: bool) -> None:
+        self.scheduler.release(slot)
+        if drop_cells:
+            self.context.seq_rm(slot.seq_id, -1, -1)
+            self.scheduler.forget(slot)
+
+    def _fail_one(self, slot: Slot, error: BaseException) -> None:
+        """One sequence's sampling, detokenising or stop matching raised: fail it alone."""
+        gen: Generation = slot.request
+        if not isinstance(error, EngineError):
+            error = SamplingError(f"sampling failed: {type(error).__name__}: {error}")
+        log.warning("sequence %d failed: %s", slot.seq_id, error)
+        gen.fail(error)
+        self._release(slot, drop_cells=True)
+
     def _fail_all(self, error: BaseException) -> None:
         for slot in self.scheduler.slots:
             gen: Generation | None = slot.request
             if gen is not None and not gen.done:
-                gen.done = True
-                gen.collector.fail(error)
-                gen.close_sampler()
+                gen.fail(error)
+            if slot.state is not SlotState.IDLE:
                 self.scheduler.release(slot)
         while self.scheduler.waiting:
             gen = self.scheduler.waiting.popleft()
-            gen.done = True
-            gen.collector.fail(error)
+            if not gen.done:
+                gen.fail(error)
 
     def _fail_plan(self, plan: StepPlan, error: DecodeError) -> None:
         """A decode failed: fail the sequences of that batch only, drop their cells, go on."""
@@ -264,29 +214,26 @@ class Runner:
         for slot in {id(e.slot): e.slot for e in plan.entries}.values():
             gen: Generation | None = slot.request
             if gen is not None and not gen.done:
-                gen.done = True
-                gen.collector.fail(EngineError(str(error)))
-                gen.close_sampler()
-            self.scheduler.release(slot)
-            self.context.seq_rm(slot.seq_id, -1, -1)
-            self.scheduler.forget(slot)
+                if gen.cancel_requested:
+                    gen.cancel()
+                else:
+                    gen.fail(EngineError(str(error)))
+            self._release(slot, drop_cells=True)
 
     def _reap_cancelled(self) -> None:
         for slot in self.scheduler.slots:
             gen: Generation | None = slot.request
-            if gen is not None and gen.cancelled:
-                gen.done = True
-                gen.close_sampler()
-                self.scheduler.release(slot)
-                self.context.seq_rm(slot.seq_id, -1, -1)
-                self.scheduler.forget(slot)
+            if gen is not None and gen.cancel_requested and not gen.done:
+                gen.cancel()
+                self._release(slot, drop_cells=True)
 
+    # ------------------------------------------------------------------ planning
     def _admit(self) -> None:
-        now = time.perf_counter_ns()
+        now = self.clock_ns()
         for admission in self.scheduler.admit():
             slot = admission.slot
             gen: Generation = admission.request
-            gen.slot = slot
+            gen.admitted(slot)
             gen.t_prompt_start = now
             if admission.copy_from is not None:
                 self.context.seq_rm(slot.seq_id, -1, -1)
@@ -301,7 +248,11 @@ class Runner:
     def _shift(self) -> None:
         def policy(slot: Slot) -> tuple[bool, int]:
             gen: Generation = slot.request
-            return (gen.params.shift and self.context.can_shift), gen.params.options.num_keep
+            options = gen.params.options
+            # num_predict -2: fill the context, then stop
+            allowed = gen.params.shift and self.context.can_shift and options.num_predict != -2
+            n_keep = len(gen.prompt) if options.num_keep < 0 else options.num_keep
+            return allowed, n_keep
 
         n_past_before = {s.seq_id: s.n_past for s in self.scheduler.slots}
         shifts, full = self.scheduler.shifts_needed(policy)
@@ -314,52 +265,64 @@ class Runner:
         for slot in full:
             self._finish(slot, DoneReason.LENGTH)
 
-    def _execute(
-        self, plan: StepPlan
-    ) -> tuple[dict[int, tuple[int, TokenLogprob | None]], list[tuple[Slot, int]]]:
+    # ------------------------------------------------------------------ the worker thread
+    def _execute(self, plan: StepPlan) -> tuple[Sampled, list[tuple[Slot, int]]]:
         """Worker thread: decode the plan and sample, right here, every slot whose logits came
-        out and whose sampler is cheap. Returns those tokens and the (slot, row) pairs left for
-        `_sample_costly` (mirostat, tail-free, typical, grammar)."""
-        batch = self.batch
-        batch.clear()
+        out and whose sampler is cheap. Returns those results (a token or the error its
+        sampler raised) and the (slot, row) pairs left for `_sample_costly` (mirostat,
+        tail-free, typical, grammar). Raises DecodeError when the batch is refused."""
+        entries: list[BatchEntry] = []
         rows: list[tuple[Slot, int]] = []
+        n_tokens = 0
         for entry in plan.entries:
-            row = batch.add(entry.slot.seq_id, entry.tokens, entry.start_pos, entry.wants_logits)
+            entries.append(
+                BatchEntry(entry.slot.seq_id, entry.tokens, entry.start_pos, entry.wants_logits)
+            )
+            n_tokens += len(entry.tokens)
             if entry.wants_logits:
-                rows.append((entry.slot, row))
-        status = self.context.decode(batch)
-        if status != 0:
-            raise DecodeError(f"llama_decode failed with status {status}")
-        sampled: dict[int, tuple[int, TokenLogprob | None]] = {}
+                rows.append((entry.slot, n_tokens - 1))
+        try:
+            self.context.decode_batch(entries)
+        except DecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the batch failed, not the context
+            raise DecodeError(f"decode failed: {type(exc).__name__}: {exc}") from exc
+        sampled: Sampled = {}
         costly: list[tuple[Slot, int]] = []
         for slot, row in rows:
-            gen: Generation = slot.request
-            if gen is None or gen.cancelled or gen.done:
+            gen: Generation | None = slot.request
+            if gen is None or gen.cancel_requested or gen.done:
                 continue
             if gen.costly:
                 costly.append((slot, row))
                 continue
-            sampled[slot.seq_id] = self._sample_one(gen, row)
+            sampled[slot.seq_id] = self._sample_guarded(gen, row)
         return sampled, costly
+
+    def _sample_guarded(self, gen: Generation, row: int) -> tuple[int, Any] | BaseException:
+        try:
+            return self._sample_one(gen, row)
+        except Exception as exc:  # noqa: BLE001 - stays with this sequence (see _fail_one)
+            return exc
 
     def _sample_one(self, gen: Generation, row: int) -> tuple[int, TokenLogprob | None]:
         logits = self.context.logits_row(row)
-        token = gen.sampler.sample(logits)
+        token = int(gen.sampler.sample(logits))
+        if not 0 <= token < self.model.n_vocab:
+            raise SamplingError(f"the sampler chose token {token}, outside the vocabulary")
         gen.sampler.accept(token)
         logprob = self._logprob(gen, logits, token) if gen.params.logprobs else None
         return token, logprob
 
-    async def _sample_costly(
-        self, costly: list[tuple[Slot, int]], sampled: dict[int, tuple[int, TokenLogprob | None]]
-    ) -> None:
+    async def _sample_costly(self, costly: list[tuple[Slot, int]], sampled: Sampled) -> None:
         """Custom samplers run per sequence in a nursery, each in a worker thread (numpy releases
         the GIL in its heavy loops, so they share the cores). The logits rows stay valid: no
         decode can start before this nursery has finished."""
 
         async def one(slot: Slot, row: int) -> None:
             gen: Generation = slot.request
-            sampled[slot.seq_id] = await trio.to_thread.run_sync(
-                self._sample_one, gen, row, limiter=self.sampling_limiter
+            sampled[slot.seq_id] = await self.run_sync(
+                self._sample_guarded, gen, row, limiter=self.sampling_limiter
             )
 
         async with trio.open_nursery() as nursery:
@@ -385,11 +348,12 @@ class Runner:
             ),
         )
 
-    def _commit(self, plan: StepPlan, sampled: dict[int, tuple[int, TokenLogprob | None]]) -> None:
-        now = time.perf_counter_ns()
-        next_tokens: dict[int, int | None] = {}
-        for seq, (token, _) in sampled.items():
-            next_tokens[seq] = token
+    # ------------------------------------------------------------------ committing a step
+    def _commit(self, plan: StepPlan, sampled: Sampled) -> None:
+        now = self.clock_ns()
+        next_tokens: dict[int, int | None] = {
+            seq: result[0] for seq, result in sampled.items() if isinstance(result, tuple)
+        }
         self.scheduler.commit(plan, next_tokens)
         for entry in plan.entries:
             if not entry.wants_logits:
@@ -398,13 +362,22 @@ class Runner:
             gen: Generation | None = slot.request
             if gen is None or gen.done:
                 continue
+            if gen.state is GenerationState.PREFILLING:
+                gen.prompt_done()  # the last prompt chunk was decoded
             result = sampled.get(slot.seq_id)
             if result is None:
+                continue  # cancelled during the step: reaped at the next one
+            if isinstance(result, BaseException):
+                self._fail_one(slot, result)
                 continue
             token, logprob = result
             if not gen.generated and gen.t_prompt_end == 0:
                 gen.t_prompt_end = now
-            self._on_token(slot, gen, token, logprob)
+            try:
+                self._on_token(slot, gen, token, logprob)
+            except Exception as exc:  # noqa: BLE001 - detokenising or stop matching failed
+                if not gen.done:
+                    self._fail_one(slot, exc)
 
     def _on_token(
         self, slot: Slot, gen: Generation, token: int, logprob: TokenLogprob | None
@@ -428,7 +401,7 @@ class Runner:
 
     def _finish(self, slot: Slot, reason: DoneReason, *, stopped: bool = False) -> None:
         gen: Generation = slot.request
-        now = time.perf_counter_ns()
+        now = self.clock_ns()
         if not stopped:
             tail = gen.utf8.flush()
             emit, hit = gen.stops.feed(tail) if tail else ("", False)
@@ -437,8 +410,7 @@ class Runner:
             if emit:
                 gen.collector.push(emit, None, None)
         t_prompt_end = gen.t_prompt_end or now
-        gen.done = True
-        gen.collector.finish(
+        gen.finish(
             Chunk(
                 done=True,
                 done_reason=reason,
@@ -450,8 +422,7 @@ class Runner:
                 truncated=gen.truncated,
             )
         )
-        gen.close_sampler()
-        self.scheduler.release(slot)
-        if slot.state is SlotState.IDLE and slot.n_past > self.n_ctx_seq:
+        self._release(slot, drop_cells=False)
+        if slot.n_past > self.n_ctx_seq:
             self.context.seq_rm(slot.seq_id, -1, -1)
             self.scheduler.forget(slot)

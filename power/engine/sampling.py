@@ -19,6 +19,17 @@ penalties copy the row once (0.02 ms) and patch at most `repeat_last_n` entries;
 asked about candidates in bands of decreasing logit until its answer provably covers what the
 rest of the chain needs. Pure numpy: no trio, no ctypes (the grammar object brings its own).
 
+Robustness: every option value `power.options` accepts, however extreme (a repeat_penalty of
+1e-45, a presence_penalty of -100, a temperature of 1e-30), gives a valid distribution: penalised
+logits are clamped to +-`LOGIT_BOUND`, temperature scaling subtracts the maximum first, and a
+positive temperature below `MIN_TEMPERATURE` counts as it. A row with NaN logits raises
+`SamplingError` (the engine fails that one sequence), never an obscure numpy error.
+
+Penalty history: `observe(prompt)` keeps only the last `repeat_last_n` tokens (a deque and a
+Counter updated in C: O(that window), whatever the prompt's length); `accept` updates them in
+O(1), and the arrays the penalty step needs are rebuilt at most once per sampled token, lazily,
+in the worker thread that samples.
+
 Randomness: each sampler owns a `numpy.random.Generator` seeded from `options.seed` (a random
 seed when it is negative) and draws exactly one uniform number per non-greedy `sample`, so the
 same seed, options and rows give the same tokens whatever other sequences do.
@@ -27,6 +38,7 @@ same seed, options and rows give the same tokens whatever other sequences do.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import math
 from collections.abc import Iterable
@@ -36,6 +48,7 @@ import attrs
 import numpy as np
 
 from power.engine import truncation
+from power.engine.types import SamplingError
 from power.options import Options
 
 #: The grammar is asked about tokens in these bands (logit gaps below the row's maximum).
@@ -43,6 +56,11 @@ GRAMMAR_BANDS = (4.0, 8.0, 12.0, 16.0, 20.0, 25.0, 30.0, 40.0, math.inf)
 #: Grammar bands also stop once the unexamined tokens' total mass is below this fraction of
 #: the allowed mass found so far (what is left out cannot move the distribution by more).
 GRAMMAR_MASS_EPSILON = 1e-4
+#: Penalised and infinite logits are clamped to +-this: far beyond any real logit, yet twice it
+#: and its quotient by the smallest temperature still fit a float32.
+LOGIT_BOUND = 1e30
+#: A positive temperature below this counts as this (already greedy in all but exact ties).
+MIN_TEMPERATURE = 1e-6
 
 
 def _int_tuple(values: Iterable[int]) -> tuple[int, ...]:
@@ -117,24 +135,35 @@ class SequenceSampler:
         options: Options,
         vocab: VocabInfo,
         grammar: TokenConstraint | None = None,
+        *,
+        n_ctx: int | None = None,
     ) -> None:
+        """`n_ctx`: the sequence's real context length, the window of `repeat_last_n: -1`
+        (default: `options.num_ctx`)."""
         self.options = options
         self.vocab = vocab
         self.grammar = grammar
         self.rng = np.random.default_rng(None if options.seed < 0 else options.seed)
         last_n = options.repeat_last_n
         if last_n < 0:
-            last_n = options.num_ctx
+            last_n = n_ctx if n_ctx is not None else options.num_ctx
         self._penalties_active = last_n > 0 and (
             options.repeat_penalty != 1.0
             or options.frequency_penalty != 0.0
             or options.presence_penalty != 0.0
         )
         self._history: collections.deque[int] = collections.deque(maxlen=max(last_n, 1))
-        self._counts: collections.Counter[int] = collections.Counter()
+        self._counts: collections.Counter[int] = collections.Counter()  # of _history
         self._penalty_ids = np.zeros(0, dtype=np.int64)
         self._penalty_counts = np.zeros(0, dtype=np.float32)
+        self._stale = False  # the arrays above lag behind _history
         self._unpenalized = frozenset() if options.penalize_newline else set(vocab.newline_ids)
+        #: penalties outside everyday values take the careful path (no warnings, clamping)
+        self._extreme = not (
+            1e-3 <= options.repeat_penalty <= 1e3
+            and abs(options.frequency_penalty) <= 1e3
+            and abs(options.presence_penalty) <= 1e3
+        )
         #: Mirostat's running target surprise (bits).
         self.mu = 2.0 * options.mirostat_tau
         #: The last distribution drawn from: (token ids, probabilities), for Mirostat's update.
@@ -142,7 +171,9 @@ class SequenceSampler:
 
     # ------------------------------------------------------------------ public API
     def sample(self, logits: np.ndarray) -> int:
-        """The next token for this row of logits (float32[n_vocab], not modified)."""
+        """The next token for this row of logits (float32[n_vocab], not modified).
+
+        Raises SamplingError when the row holds NaN or the grammar allows no token."""
         if self.options.temperature <= 0.0:
             return self._greedy(logits)
         ids, probs = self.distribution(logits)
@@ -179,15 +210,32 @@ class SequenceSampler:
         self._remember(token)
 
     def observe(self, tokens: Iterable[int]) -> None:
-        """Add tokens (for example the prompt's) to the penalty history only."""
-        for token in tokens:
-            self._remember(int(token))
+        """Add tokens (for example the prompt's) to the penalty history only.
+
+        Only the last `repeat_last_n` of them can matter, so only those are looked at: O(that
+        window), whatever the prompt's length."""
+        if not self._penalties_active:
+            return
+        window = self._history.maxlen or 0
+        if not isinstance(tokens, list | tuple):
+            tokens = list(tokens)
+        tail = tokens[-window:] if len(tokens) > window else tokens
+        if not tail:
+            return
+        if not self._history:  # the usual case, a prompt into a fresh sampler: in bulk, in C
+            self._history.extend(tail)
+            self._counts.update(self._history)
+        else:
+            for token in tail:
+                self._push(token)
+        self._stale = True
 
     def logprobs(
         self, logits: np.ndarray, token: int, top_n: int
     ) -> tuple[float, list[tuple[int, float]]]:
         """`token`'s log-probability under the log-softmax of the raw `logits`, and the `top_n`
         most probable tokens with theirs (most probable first)."""
+        logits = _checked(logits)
         maximum = float(logits.max())
         total = float(np.exp(logits - np.float32(maximum)).sum(dtype=np.float64))
         log_total = maximum + math.log(total)
@@ -208,8 +256,12 @@ class SequenceSampler:
 
     # ------------------------------------------------------------------ penalties
     def _remember(self, token: int) -> None:
-        if not self._penalties_active:
-            return
+        if self._penalties_active:
+            self._push(token)
+            self._stale = True
+
+    def _push(self, token: int) -> None:
+        """Append to the window, O(1)."""
         history = self._history
         if len(history) == history.maxlen:
             oldest = history[0]
@@ -218,22 +270,45 @@ class SequenceSampler:
                 del self._counts[oldest]
         history.append(token)
         self._counts[token] += 1
-        items = [(t, c) for t, c in self._counts.items() if t not in self._unpenalized]
-        self._penalty_ids = np.array([t for t, _ in items], dtype=np.int64)
-        self._penalty_counts = np.array([c for _, c in items], dtype=np.float32)
 
-    def _penalized(self, logits: np.ndarray) -> np.ndarray:
-        """The row with repeat/frequency/presence penalties (a copy when any applies)."""
-        if not self._penalties_active or self._penalty_ids.size == 0:
+    def _penalty_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct tokens of the window and their counts, rebuilt (without a Python loop)
+        only after the history changed: at most once per sampled token."""
+        if self._stale:
+            counts = self._counts
+            ids = np.fromiter(counts.keys(), np.int64, len(counts))
+            values = np.fromiter(counts.values(), np.float32, len(counts))
+            if self._unpenalized:
+                keep = ~np.isin(ids, list(self._unpenalized))
+                ids, values = ids[keep], values[keep]
+            self._penalty_ids, self._penalty_counts = ids, values
+            self._stale = False
+        return self._penalty_ids, self._penalty_counts
+
+    def _penalized(self, logits: np.ndarray, *, check: bool = True) -> np.ndarray:
+        """The row (`_checked` unless `check` is False) with repeat/frequency/presence
+        penalties (a copy when any applies). Penalised values are clamped to +-LOGIT_BOUND, so
+        extreme penalties stay finite."""
+        if check:
+            logits = _checked(logits)
+        if not self._penalties_active:
+            return logits
+        ids, counts = self._penalty_arrays()
+        if ids.size == 0:
             return logits
         options = self.options
-        ids = self._penalty_ids
-        values = logits[ids].astype(np.float32)
-        repeat = np.float32(options.repeat_penalty)
-        values = np.where(values <= 0, values * repeat, values / repeat)
-        values -= self._penalty_counts * np.float32(options.frequency_penalty) + np.float32(
-            options.presence_penalty
-        )
+        with np.errstate(all="ignore") if self._extreme else contextlib.nullcontext():
+            values = logits[ids].astype(np.float32)
+            repeat = np.float32(options.repeat_penalty)
+            values = np.where(values <= 0, values * repeat, values / repeat)
+            values -= counts * np.float32(options.frequency_penalty) + np.float32(
+                options.presence_penalty
+            )
+        if self._extreme or not np.isfinite(values).all():
+            values = np.nan_to_num(
+                values, nan=-LOGIT_BOUND, posinf=LOGIT_BOUND, neginf=-LOGIT_BOUND
+            )
+            np.clip(values, -LOGIT_BOUND, LOGIT_BOUND, out=values)
         out = logits.copy()
         out[ids] = values
         return out
@@ -285,14 +360,19 @@ class SequenceSampler:
                 break
         positions = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
         if positions.size == 0:
-            raise RuntimeError("the grammar allows no token at all")
+            raise SamplingError("the grammar allows no token at all")
         return Candidates(positions, logits[positions])
 
     # ------------------------------------------------------------------ chains
     def _greedy(self, logits: np.ndarray) -> int:
-        penalized = self._penalized(logits)
         if self.grammar is None:
-            return int(np.argmax(penalized))
+            # no separate finiteness pass: argmax lands on a NaN if there is one
+            penalized = self._penalized(logits, check=False)
+            token = int(np.argmax(penalized))
+            if math.isnan(float(penalized[token])):
+                raise SamplingError("the model produced NaN logits")
+            return token
+        penalized = self._penalized(logits)
         candidates = self._constrained(penalized, need_k=1)
         return int(candidates.token_ids()[int(np.argmax(candidates.logits))])
 
@@ -312,16 +392,12 @@ class SequenceSampler:
         for active, positions_of, parameter in steps:
             if active:
                 candidates = candidates.take(positions_of(candidates.logits, parameter))
-        if candidates.size > truncation.SMALL:
-            scaled = candidates.logits / np.float32(options.temperature)
-        else:
-            scaled = candidates.logits.astype(np.float64) / options.temperature
-        return candidates.token_ids(), truncation.softmax(scaled)
+        return candidates.token_ids(), truncation.softmax(_scaled(candidates.logits, options))
 
     def _mirostat_distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         options = self.options
         candidates = self._constrained(self._penalized(logits), need_k=0)
-        scaled = candidates.logits / np.float32(options.temperature)
+        scaled = _scaled(candidates.logits, options)
         if options.mirostat == 1:
             positions = truncation.mirostat_v1_positions(scaled, self.mu, self.vocab.n_vocab)
         else:
@@ -329,3 +405,24 @@ class SequenceSampler:
         if positions is not None:
             scaled = scaled[positions]
         return candidates.token_ids(positions), truncation.softmax(scaled)
+
+
+def _checked(logits: np.ndarray) -> np.ndarray:
+    """`logits` if finite (the usual case: one vectorised pass), else a copy with +-inf clamped
+    to +-LOGIT_BOUND; a row with NaN raises SamplingError (the model's output is broken)."""
+    if np.isfinite(logits).all():
+        return logits
+    if np.isnan(logits).any():
+        raise SamplingError("the model produced NaN logits")
+    return np.clip(logits, -LOGIT_BOUND, LOGIT_BOUND)
+
+
+def _scaled(logits: np.ndarray, options: Options) -> np.ndarray:
+    """`logits` divided by the temperature, shifted so that the largest is 0 (finite for any
+    finite temperature: a smaller one counts as MIN_TEMPERATURE)."""
+    temperature = max(float(options.temperature), MIN_TEMPERATURE)
+    with np.errstate(over="ignore", under="ignore"):
+        if logits.size > truncation.SMALL:
+            return (logits - np.float32(logits.max())) / np.float32(temperature)
+        shifted = logits.astype(np.float64)
+        return (shifted - shifted.max()) / temperature

@@ -83,8 +83,15 @@ class StepPlan:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of `a` and `b`.
+
+    Compares blocks by list slices (C speed) and only the first differing block element by
+    element: an 8k-token prompt costs microseconds, not milliseconds, on the trio thread."""
     n = min(len(a), len(b))
     i = 0
+    block = 256
+    while i + block <= n and a[i : i + block] == b[i : i + block]:
+        i += block
     while i < n and a[i] == b[i]:
         i += 1
     return i

@@ -30,6 +30,8 @@ import math
 
 import numpy as np
 
+from power.engine.types import SamplingError
+
 #: Inputs up to this size are handled by a plain sort; above it, the threshold ladders are used.
 SMALL = 2048
 #: Logit gaps below the maximum tried, in order, when looking for a head set.
@@ -70,7 +72,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def draw_index(probs: np.ndarray, uniform: float) -> int:
     """The index that the uniform number `uniform` in [0, 1) picks from `probs` (inverse CDF,
-    never a zero-probability entry). Large inputs are scanned in blocks, not cumsum'd whole."""
+    never a zero-probability entry). Large inputs are scanned in blocks, not cumsum'd whole.
+    Raises SamplingError when no entry has a positive, finite probability."""
+    if probs.size == 0 or not float(probs.max()) > 0.0:
+        raise SamplingError("no token has a positive probability")
     if probs.size <= SMALL:
         cumulative = np.cumsum(probs, dtype=np.float64)
         offset = 0

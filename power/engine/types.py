@@ -6,7 +6,20 @@ import enum
 
 import attrs
 
+from power.engine.errors import DecodeError, EngineError, SamplingError
 from power.options import Options
+
+__all__ = [
+    "Chunk",
+    "DecodeError",
+    "DoneReason",
+    "EmbedResult",
+    "EngineError",
+    "GenerationParams",
+    "SamplingError",
+    "TokenLogprob",
+    "TopLogprob",
+]
 
 
 class DoneReason(enum.StrEnum):
@@ -14,14 +27,6 @@ class DoneReason(enum.StrEnum):
     LENGTH = "length"  # num_predict reached or the context is full and cannot shift
     LOAD = "load"
     UNLOAD = "unload"
-
-
-class EngineError(RuntimeError):
-    """A request the engine cannot serve (a 400 or 500 at the HTTP edge, as `status` says)."""
-
-    def __init__(self, message: str, status: int = 500) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @attrs.frozen

@@ -1,0 +1,111 @@
+"""The seam between power's concurrency core and llama.cpp: a small backend protocol.
+
+The runner (`runner.py`), `LoadedModel` and the model manager talk to a model only through these
+protocols, so tests run them on the CPU with a fake backend whose decode returns scripted logits
+(and can be told to block, fail or be slow at a given step). Production passes `LLAMA`
+(`power.engine.llama_backend.LlamaBackend`): `power.engine.llama`'s `LlamaModel` and
+`LlamaContext` implement `Vocabulary` and `Context`.
+
+Threading: `Backend.open`, `Context.decode` and `Context.logits_row` block and run in a worker
+thread (`WorkerRunner`, `trio.to_thread.run_sync` in production), one at a time per context; the
+sequence operations and token pieces are cheap and run on the trio thread between decodes. None
+of these objects is thread-safe; the runner guarantees that only one thread touches a context at
+a time.
+
+Ownership: what `open` returns belongs to the caller, who calls `context.close()` and then
+`model.close()` once nothing decodes any more (`LoadedModel.close`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import numpy as np
+
+if TYPE_CHECKING:
+    from power.engine.loadspec import LoadSpec
+
+
+@attrs.frozen
+class BatchEntry:
+    """Tokens of one sequence at consecutive positions from `start_pos`. When `wants_logits`,
+    the logits of the entry's last token are kept: its row is the number of tokens before it
+    in the batch (rows count every token of every entry, in order)."""
+
+    seq_id: int
+    tokens: Sequence[int]
+    start_pos: int
+    wants_logits: bool
+
+
+class Vocabulary(Protocol):
+    """The loaded weights' vocabulary and sizes (a `LlamaModel` in production)."""
+
+    n_vocab: int
+    n_ctx_train: int
+    n_layer: int
+    n_embd: int
+    size_bytes: int
+    bos: int
+    add_bos: bool
+    eog_ids: list[int]
+    newline_ids: list[int]
+
+    def is_eog(self, token: int) -> bool: ...
+
+    def piece(self, token: int) -> bytes:
+        """The bytes token `token` stands for; raises on a token outside the vocabulary."""
+        ...
+
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class Context(Protocol):
+    """One context: `n_seq_max` sequences sharing a KV cache (a `LlamaContext` in production)."""
+
+    n_ctx: int
+    n_ctx_seq: int
+    n_batch: int
+    n_seq_max: int
+    can_shift: bool
+    is_embedding: bool
+
+    def decode_batch(self, entries: Sequence[BatchEntry]) -> None:
+        """Evaluate `entries` (at most `n_batch` tokens in all); raise `DecodeError` when the
+        backend refuses them (the KV cache is then as before the call)."""
+        ...
+
+    def logits_row(self, row: int) -> np.ndarray:
+        """float32[n_vocab] logits of batch row `row` of the last decode; valid until the next."""
+        ...
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        """Drop positions [p0, p1) of `seq` (-1: open end); False if a partial drop is refused."""
+        ...
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None: ...
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Opens models: `open(spec)` blocks (a worker thread calls it) and returns the vocabulary
+    and a context sized by `power.engine.loadspec.context_plan`, or raises."""
+
+    def open(self, spec: LoadSpec) -> tuple[Vocabulary, Context]: ...
+
+
+#: How blocking backend calls leave the trio thread: `await run_sync(fn, *args, limiter=...)`.
+#: Production: `trio.to_thread.run_sync` (never abandoned on cancel: the thread owns the context
+#: while it runs). Tests may pass a runner that calls `fn` on the trio thread after a gate.
+WorkerRunner = Callable[..., Awaitable[Any]]
