@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from power.engine.errors import EngineError
+from power.errors import EngineError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,14 @@ from pathlib import Path
 POWER = Path(__file__).resolve().parent.parent / "power"
 
 #: Shared leaf modules: small vocabularies every layer may use.
-LEAF = ("power.messages", "power.options", "power.durations", "power.config", "power.version")
+LEAF = (
+    "power.errors",
+    "power.messages",
+    "power.options",
+    "power.durations",
+    "power.config",
+    "power.version",
+)
 
 #: What each part of power may import (its own package always; a prefix covers submodules).
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -22,7 +29,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "power.__main__": ("power.cli",),
     "power.version": (),
     "power.messages": (),
-    "power.options": (),
+    "power.options": ("power.errors",),
+    "power.errors": (),
     "power.durations": (),
     "power.config": ("power.durations",),
     "power.client": ("power.version",),

@@ -1,15 +1,8 @@
-"""The engine's exceptions. This module imports nothing from power, so that `power.options`
-can build on `EngineError` without an import cycle."""
+"""The engine's exceptions, refinements of the shared `power.errors.EngineError`."""
 
 from __future__ import annotations
 
-
-class EngineError(RuntimeError):
-    """A request the engine cannot serve (a 400 or 500 at the HTTP edge, as `status` says)."""
-
-    def __init__(self, message: str, status: int = 500) -> None:
-        super().__init__(message)
-        self.status = status
+from power.errors import EngineError
 
 
 class DecodeError(EngineError):
