@@ -448,6 +448,7 @@ class Runner:
                 eval_duration=max(0, now - t_prompt_end),
                 context=tuple(gen.prompt) + tuple(gen.generated),
                 truncated=gen.truncated,
+                stop_sequence=gen.stops.matched,
             )
         )
         gen.close_sampler()
