@@ -6,6 +6,7 @@ These are plain attrs classes; JSON field names are Ollama's (`tool_calls`, `too
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import attrs
@@ -46,3 +47,26 @@ class Message:
     tool_calls: list[ToolCall] = attrs.field(factory=list)
     tool_name: str = ""
     tool_call_id: str = ""
+
+
+class ToolChoiceMode(enum.Enum):
+    """Whether the model may, must or must not call a tool."""
+
+    AUTO = "auto"  # the model decides (the default)
+    NONE = "none"  # no tools: they are not even shown to the model
+    REQUIRED = "required"  # at least one call of any tool (OpenAI "required", Anthropic "any")
+    TOOL = "tool"  # one call of the tool `name`
+
+
+@attrs.frozen
+class ToolChoice:
+    """A request's `tool_choice`, whatever API style spelled it. `parallel` False allows one
+    call only (OpenAI's `parallel_tool_calls: false`, Anthropic's `disable_parallel_tool_use`)."""
+
+    mode: ToolChoiceMode = ToolChoiceMode.AUTO
+    name: str = ""
+    parallel: bool = True
+
+    @property
+    def forces_call(self) -> bool:
+        return self.mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.TOOL)

@@ -65,7 +65,15 @@ NATIVE_POST_ROUTES = [
     "/api/show",
     "/api/copy",
 ]
-OPENAI_POST_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+#: Routes whose 4xx bodies carry `error.message` (OpenAI's shape; Anthropic's has it too).
+OPENAI_POST_ROUTES = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+]
 GET_ROUTES = [
     "/",
     "/api/version",
@@ -183,6 +191,39 @@ ROUTE_FIELDS: dict[str, tuple[str, ...]] = {
         "options",
         "keep_alive",
     ],
+    "/v1/responses": [
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "temperature",
+        "top_p",
+        "max_output_tokens",
+        "text",
+        "reasoning",
+        "stream",
+        "previous_response_id",
+        "options",
+        "keep_alive",
+    ],
+    "/v1/messages": [
+        "max_tokens",
+        "messages",
+        "system",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "metadata",
+        "stream",
+        "options",
+        "keep_alive",
+    ],
+    "/v1/messages/count_tokens": ["messages", "system", "tools", "tool_choice", "thinking"],
 }
 
 OPTION_NAMES = [
@@ -540,6 +581,15 @@ def chat_bodies() -> st.SearchStrategy[dict[str, Any]]:
             "think": st.booleans(),
             "logprobs": st.booleans(),
             "top_logprobs": st.integers(0, 20),
+            "tool_choice": st.one_of(
+                st.sampled_from(["auto", "none", "required", "any", "sometimes"]),
+                st.fixed_dictionaries(
+                    {
+                        "type": st.sampled_from(["function", "tool", "any", "mcp"]),
+                        "name": st.text(min_size=1, max_size=10),
+                    }
+                ),
+            ),
         },
     ).map(lambda body: {**body, "options": cheap_options})
 
@@ -608,6 +658,93 @@ def embed_bodies() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
+def anthropic_bodies() -> st.SearchStrategy[dict[str, Any]]:
+    block = st.one_of(
+        st.fixed_dictionaries({"type": st.just("text"), "text": short_text}),
+        st.fixed_dictionaries(
+            {"type": st.just("tool_result"), "tool_use_id": short_text, "content": short_text}
+        ),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("tool_use"),
+                "id": short_text,
+                "name": short_text,
+                "input": json_values,
+            }
+        ),
+        st.fixed_dictionaries({"type": st.just("thinking"), "thinking": short_text}),
+    )
+    message = st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system"]),
+            "content": st.one_of(short_text, st.lists(block, max_size=3)),
+        }
+    )
+    tool = st.fixed_dictionaries(
+        {"name": st.text(min_size=1, max_size=10)},
+        optional={"input_schema": st.just({"type": "object"}), "type": st.just("bash_20250124")},
+    )
+    return st.fixed_dictionaries(
+        {
+            "model": st.sampled_from([GEMMA, QWEN]),
+            "messages": st.lists(message, max_size=3),
+            "stream": st.booleans(),
+        },
+        optional={
+            "system": st.one_of(short_text, st.lists(block, max_size=2)),
+            "stop_sequences": st.lists(short_text, max_size=2),
+            "tools": st.lists(tool, max_size=2),
+            "tool_choice": st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from(["auto", "any", "tool", "none"]),
+                    "name": st.text(min_size=1, max_size=10),
+                }
+            ),
+            "thinking": st.fixed_dictionaries(
+                {"type": st.sampled_from(["enabled", "disabled"]), "budget_tokens": st.integers()}
+            ),
+            "temperature": st.floats(0, 2),
+        },
+    ).map(lambda body: {**body, "max_tokens": 1})
+
+
+def responses_bodies() -> st.SearchStrategy[dict[str, Any]]:
+    item = st.one_of(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["user", "developer", "assistant"]), "content": short_text}
+        ),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("function_call"),
+                "call_id": short_text,
+                "name": short_text,
+                "arguments": st.one_of(short_text, st.just('{"a": 1}')),
+            }
+        ),
+        st.fixed_dictionaries(
+            {"type": st.just("function_call_output"), "call_id": short_text, "output": short_text}
+        ),
+    )
+    tool = st.fixed_dictionaries(
+        {"type": st.just("function"), "name": st.text(min_size=1, max_size=10)},
+        optional={"parameters": st.just({"type": "object"})},
+    )
+    return st.fixed_dictionaries(
+        {
+            "model": st.sampled_from([GEMMA, QWEN]),
+            "input": st.one_of(short_text, st.lists(item, max_size=3)),
+            "stream": st.booleans(),
+        },
+        optional={
+            "instructions": short_text,
+            "tools": st.lists(tool, max_size=2),
+            "tool_choice": st.sampled_from(["auto", "none", "required"]),
+            "text": st.sampled_from([{"format": {"type": "json_object"}}, {"format": {}}]),
+            "reasoning": st.fixed_dictionaries({"effort": st.sampled_from(["none", "low", "x"])}),
+        },
+    ).map(lambda body: {**body, "max_output_tokens": 1})
+
+
 REAL_MODEL_CASES = [
     ("/api/generate", generate_bodies, False),
     ("/api/chat", chat_bodies, False),
@@ -615,6 +752,8 @@ REAL_MODEL_CASES = [
     ("/v1/chat/completions", openai_chat_bodies, True),
     ("/v1/completions", openai_completion_bodies, True),
     ("/v1/embeddings", embed_bodies, True),
+    ("/v1/messages", anthropic_bodies, True),
+    ("/v1/responses", responses_bodies, True),
 ]
 
 

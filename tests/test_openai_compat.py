@@ -38,7 +38,7 @@ from power.http.openai_compat import (
 )
 from power.http.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from power.http.schemas import ChatRequest, GenerateRequest, parse_request
-from power.messages import ToolCall, ToolCallFunction
+from power.messages import ToolCall, ToolCallFunction, ToolChoice, ToolChoiceMode
 
 CREATED_AT = "2024-07-22T20:47:51.147561Z"
 CREATED = int(datetime(2024, 7, 22, 20, 47, 51, tzinfo=UTC).timestamp())
@@ -104,7 +104,7 @@ def test_chat_request_defaults_leave_options_to_the_model():
     assert native.think is None and native.logprobs is False
 
 
-def test_max_completion_tokens_wins_and_tool_choice_none_drops_tools():
+def test_max_completion_tokens_wins_and_tool_choice_goes_through():
     request = parse(
         ChatCompletionRequest,
         {
@@ -119,7 +119,7 @@ def test_max_completion_tokens_wins_and_tool_choice_none_drops_tools():
     )
     native = chat_request_from_openai(request)
     assert native.options["num_predict"] == 9
-    assert native.tools == []
+    assert native.tool_choice == ToolChoice(ToolChoiceMode.NONE)  # the chat job drops the tools
     assert native.top_logprobs == 0  # only with logprobs: true
 
 

@@ -420,6 +420,7 @@ class Runner:
                 eval_duration=max(0, now - t_prompt_end),
                 context=tuple(gen.prompt) + tuple(gen.generated),
                 truncated=gen.truncated,
+                stop_sequence=gen.stops.matched,
             )
         )
         self._release(slot, drop_cells=False)

@@ -83,6 +83,7 @@ class Chunk:
     eval_duration: int = 0
     context: tuple[int, ...] = ()
     truncated: bool = False
+    stop_sequence: str | None = None  # the stop string that ended the generation, if one did
 
 
 @attrs.frozen

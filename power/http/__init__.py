@@ -1,12 +1,16 @@
-"""The HTTP API: Ollama's native routes and the OpenAI-compatible ones, over shared jobs.
+"""The HTTP API: Ollama's native routes, the OpenAI-compatible ones (chat, completions,
+Responses) and Anthropic's Messages API, over shared jobs.
 
 Layers inside, top down (arrows point down only):
 - `server` (hypercorn and the model manager in one nursery) → `app` (`create_app`: guards,
   CORS, error bodies; registers the route modules);
 - one route module per API style: `routes_native` (/api/generate, /api/chat, /api/embed…),
   `routes_openai` (/v1/…, with `openai_compat` translating native chunks and `openai_schemas`
-  parsing OpenAI bodies), `routes_models` (store and registry routes), `routes_misc`
-  (/, version, health, metrics, usage). A new API style is one more such module;
+  parsing OpenAI bodies), `routes_responses` (/v1/responses: `responses_compat`,
+  `responses_schemas`), `routes_anthropic` (/v1/messages: `anthropic_compat`,
+  `anthropic_schemas`), `routes_models` (store and registry routes), `routes_misc`
+  (/, version, health, metrics, usage). A new API style is one more such module; the
+  translating ones answer through `answering.answer`;
 - `jobs`: generate, chat and embed as every API style runs them, yielding native chunks;
 - `running` (the one place that builds the engine's inputs: model resolution, options,
   `LoadSpec`, instance info, `GenerationParams`), `model_json` (the registry's typed results as

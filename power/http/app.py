@@ -12,6 +12,7 @@ shared state through `power.http.state`, never through this module.
 from __future__ import annotations
 
 import fnmatch
+import hmac
 import ipaddress
 import logging
 import socket
@@ -22,7 +23,14 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from power.engine.types import EngineError
-from power.http import routes_misc, routes_models, routes_native, routes_openai
+from power.http import (
+    routes_anthropic,
+    routes_misc,
+    routes_models,
+    routes_native,
+    routes_openai,
+    routes_responses,
+)
 from power.http.schemas import RequestError
 from power.http.state import ServerState, error_response
 
@@ -71,6 +79,16 @@ def origin_allowed(origin: str, extra: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(origin, pattern) for pattern in DEFAULT_ORIGINS + extra)
 
 
+def api_key_matches(key: str, headers) -> bool:
+    """Whether a request carries `key` as `Authorization: Bearer KEY` (OpenAI, Ollama) or as
+    `x-api-key: KEY` (Anthropic); compared in constant time."""
+    expected = key.encode()
+    bearer = headers.get("Authorization", "")
+    if bearer.startswith("Bearer ") and hmac.compare_digest(bearer[7:].encode(), expected):
+        return True
+    return hmac.compare_digest(headers.get("x-api-key", "").encode(), expected)
+
+
 def create_app(state: ServerState) -> QuartTrio:
     app = QuartTrio("power")
     app.config["RESPONSE_TIMEOUT"] = None
@@ -102,10 +120,11 @@ def create_app(state: ServerState) -> QuartTrio:
         if origin and not origin_allowed(origin, state.settings.origins):
             return error_response(403, "forbidden: origin not allowed")
         key = state.settings.api_key
-        if key and request.path != "/":
-            auth = request.headers.get("Authorization", "")
-            if auth != f"Bearer {key}":
-                return error_response(401, "unauthorized: a valid API key is required")
+        if key and request.path != "/" and not api_key_matches(key, request.headers):
+            message = "unauthorized: a valid API key is required"
+            if request.path.startswith("/v1/messages"):
+                return routes_anthropic.anthropic_error_response(401, message)
+            return error_response(401, message)
         return None
 
     @app.after_request
@@ -154,6 +173,8 @@ def create_app(state: ServerState) -> QuartTrio:
     app.register_blueprint(routes_native.blueprint)
     app.register_blueprint(routes_models.blueprint)
     app.register_blueprint(routes_openai.blueprint)
+    app.register_blueprint(routes_responses.blueprint)
+    app.register_blueprint(routes_anthropic.blueprint)
     return app
 
 
@@ -168,5 +189,6 @@ def _cors(response: Response, origin: str) -> None:
         "OpenAI-Beta, x-stainless-arch, x-stainless-os, x-stainless-package-version, "
         "x-stainless-runtime, x-stainless-runtime-version, x-stainless-lang, "
         "x-stainless-retry-count, x-stainless-async, x-stainless-helper-method, "
-        "x-stainless-poll-helper, x-stainless-custom-poll-interval, x-stainless-timeout"
+        "x-stainless-poll-helper, x-stainless-custom-poll-interval, x-stainless-timeout, "
+        "x-api-key, anthropic-version, anthropic-beta, anthropic-dangerous-direct-browser-access"
     )

@@ -31,11 +31,13 @@ from power.http.running import (
     grammar_for,
     resolve_model,
     think_enabled,
+    tool_choice_grammar,
     use_model,
 )
 from power.http.schemas import ChatRequest, GenerateRequest, RequestError, tool_call_to_json
 from power.http.state import ServerState
 from power.http.streaming import rfc3339_now
+from power.messages import Tool, ToolChoiceMode
 from power.prompt.model import chat_prompt, generate_prompt, tool_call_hint
 from power.prompt.output import OutputShaper
 from power.prompt.render import template_uses
@@ -154,32 +156,30 @@ async def generate_job(
 async def chat_job(
     state: ServerState, req: ChatRequest, *, t_start: int, debug: bool = False
 ) -> Outcome:
-    """A load/unload/debug answer (dict), or the native chunks of a chat turn."""
+    """A load/unload/debug answer (dict), or the native chunks of a chat turn.
+
+    `tool_choice` is kept here for every API style: "none" shows the model no tools, a choice
+    that forces a call constrains the output with a grammar in the model's tool-call format.
+    """
     ref = resolve_model(state, req.model)
     options = effective_options(state, ref, req.options)
     if not req.messages and not debug:
         return await _load_or_unload(state, ref, options, req.keep_alive, kind="chat")
     _check_runnable(ref, [img for m in req.messages for img in m.images])
-    if req.tools:
-        ref.require("tools")
+    tools = _offered_tools(ref, req)
     think = think_enabled(ref, req.think)
-    try:
-        prompt_text = chat_prompt(
-            ref.resolved, ref.info, req.messages, tools=req.tools, think=req.think
-        )
-    except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
-        raise RequestError(400, f"template error: {exc}") from None
+    prompt_text = _chat_prompt_text(ref, req, tools)
     if debug:
         return _debug_answer(ref, "chat", prompt_text)
-    grammar = grammar_for(req.format)
     hint = tool_call_hint(ref.resolved, ref.info)
+    grammar = _chat_grammar(req, tools, hint, think=think, prompt_text=prompt_text)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async with use_model(state, ref, options, req.keep_alive) as model:
             try:
                 params = generation_params(model.tokenize(prompt_text), options, grammar, req)
                 shaper = OutputShaper(
-                    think=think, tools=req.tools, template_hint=hint, prompt=prompt_text
+                    think=think, tools=tools, template_hint=hint, prompt=prompt_text
                 )
                 async for chunk in stream_generation(
                     state,
@@ -196,6 +196,45 @@ async def chat_job(
                 raise RequestError(exc.status, str(exc)) from None
 
     return chunks()
+
+
+async def count_chat_tokens(state: ServerState, req: ChatRequest) -> int:
+    """How many tokens the prompt of `req` takes: rendered as `chat_job` renders it and
+    tokenized by the model itself (loaded if needed, with the request's keep_alive)."""
+    ref = resolve_model(state, req.model)
+    options = effective_options(state, ref, req.options)
+    prompt_text = _chat_prompt_text(ref, req, _offered_tools(ref, req))
+    async with use_model(state, ref, options, req.keep_alive) as model:
+        return len(model.tokenize(prompt_text))
+
+
+def _offered_tools(ref: ModelRef, req: ChatRequest) -> list[Tool]:
+    """The tools the model is shown: none at all for `tool_choice: "none"`."""
+    tools = [] if req.tool_choice.mode is ToolChoiceMode.NONE else req.tools
+    if tools:
+        ref.require("tools")
+    return tools
+
+
+def _chat_prompt_text(ref: ModelRef, req: ChatRequest, tools: list[Tool]) -> str:
+    try:
+        return chat_prompt(ref.resolved, ref.info, req.messages, tools=tools, think=req.think)
+    except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
+        raise RequestError(400, f"template error: {exc}") from None
+
+
+def _chat_grammar(
+    req: ChatRequest, tools: list[Tool], hint: str | None, *, think: bool, prompt_text: str
+) -> str | None:
+    """The grammar of `format`, or the one that forces a tool call (never both)."""
+    if not req.tool_choice.forces_call:
+        return grammar_for(req.format)
+    if req.format is not None:
+        raise RequestError(400, "format cannot be combined with a tool_choice that forces a call")
+    thinking = None
+    if think:
+        thinking = "open" if prompt_text.rstrip().endswith("<think>") else "optional"
+    return tool_choice_grammar(tools, req.tool_choice, hint, thinking)
 
 
 async def embed_texts(
@@ -300,6 +339,9 @@ async def stream_generation(
                 continue
             out["done"] = True
             out.update(final_metrics(chunk, t_start_ns, load_ns))
+            if chunk.stop_sequence:
+                # for the API styles that report it (Anthropic); the native routes drop it
+                out["stop_sequence"] = chunk.stop_sequence
             if chunk.truncated:
                 # unlike Ollama, say so: the prompt did not fit num_ctx and lost its middle
                 out["prompt_truncated"] = True

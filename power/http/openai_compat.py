@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+import attrs
 import numpy as np
 
 from power.http.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -62,7 +63,8 @@ def _sampling_options(
 def chat_request_from_openai(request: ChatCompletionRequest) -> ChatRequest:
     """The native chat request equivalent to a validated OpenAI chat request.
 
-    `tool_choice: "none"` drops the tools; other tool_choice values are accepted, not enforced.
+    `tool_choice` goes through as it is (with `parallel_tool_calls: false`, one call at most):
+    the chat job enforces it, which Ollama does not.
     """
     max_tokens = (
         request.max_completion_tokens
@@ -72,7 +74,11 @@ def chat_request_from_openai(request: ChatCompletionRequest) -> ChatRequest:
     return ChatRequest(
         model=request.model,
         messages=request.messages,
-        tools=[] if request.tool_choice == "none" else request.tools,
+        tools=request.tools,
+        tool_choice=attrs.evolve(
+            request.tool_choice,
+            parallel=request.tool_choice.parallel and request.parallel_tool_calls,
+        ),
         format=request.format,
         stream=request.stream,
         keep_alive=request.keep_alive,

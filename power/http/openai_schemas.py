@@ -30,10 +30,11 @@ from power.http.schemas import (
     parse_think,
     parse_tool,
     parse_tool_call,
+    parse_tool_choice,
     request_class,
     require_model,
 )
-from power.messages import Message, Tool
+from power.messages import Message, Tool, ToolChoice
 
 _TEXT_PART_TYPES = ("text", "input_text", "output_text")
 
@@ -252,7 +253,8 @@ class ChatCompletionRequest:
         None, key="response_format", parse=parse_response_format
     )
     tools: list[Tool] = field(factory=list, parse=list_of(parse_tool))
-    tool_choice: str | dict[str, Any] | None = field(None, parse=lambda value: value)
+    tool_choice: ToolChoice = field(factory=ToolChoice, parse=parse_tool_choice)
+    parallel_tool_calls: bool = field(True)
     logprobs: bool = field(False)
     top_logprobs: int = field(0)
     reasoning_effort: str | None = field(None)

@@ -41,12 +41,18 @@ def _debug_render_only(body: bytes) -> bool:
     return isinstance(data, dict) and bool(data.get("_debug_render_only"))
 
 
+def _native(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A chunk as Ollama writes it: without the keys other API styles read (`stop_sequence`)."""
+    chunk.pop("stop_sequence", None)
+    return chunk
+
+
 async def respond(chunks: AsyncIterator[dict[str, Any]], *, stream: bool, kind: str) -> Response:
     """NDJSON stream, or one merged object when `stream` is false."""
     if not stream:
         async with contextlib.aclosing(chunks) as source:
             collected = [c async for c in source]
-        return jsonify(merge_stream(collected, kind))
+        return jsonify(_native(merge_stream(collected, kind)))
     try:
         first = await chunks.__anext__()
     except StopAsyncIteration:
@@ -57,9 +63,9 @@ async def respond(chunks: AsyncIterator[dict[str, Any]], *, stream: bool, kind: 
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            yield ndjson_line(first)
+            yield ndjson_line(_native(first))
             async for chunk in chunks:
-                yield ndjson_line(chunk)
+                yield ndjson_line(_native(chunk))
         except (RequestError, EngineError) as exc:
             yield ndjson_line({"error": str(exc)})
         finally:

@@ -8,9 +8,7 @@ with `data: [DONE]`). Errors use OpenAI's shape. Unlike Ollama, `options` (any O
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
@@ -18,7 +16,8 @@ from quart import Blueprint, Response, jsonify, request
 
 from power.engine.types import EngineError
 from power.http import openai_compat as oa
-from power.http.jobs import chat_job, embed_texts, generate_job, merge_stream
+from power.http.answering import answer
+from power.http.jobs import chat_job, embed_texts, generate_job
 from power.http.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from power.http.running import effective_options, resolve_model
 from power.http.schemas import RequestError, parse_request
@@ -49,46 +48,6 @@ async def _engine_error(exc: EngineError) -> Response:
     return openai_error_response(exc.status, str(exc))
 
 
-async def _answer(
-    outcome: Any,
-    *,
-    stream: bool,
-    kind: str,
-    translator: Any,
-    whole: Callable[[dict[str, Any]], dict[str, Any]],
-) -> Response:
-    if isinstance(outcome, dict):  # loaded/unloaded: an empty completion
-        return jsonify(whole(outcome))
-    if not stream:
-        async with contextlib.aclosing(outcome) as source:
-            chunks = [c async for c in source]
-        return jsonify(whole(merge_stream(chunks, kind)))
-    try:
-        first = await outcome.__anext__()
-    except BaseException:
-        await outcome.aclose()
-        raise
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            for item in translator.translate(first):
-                yield sse_event(item)
-            async for native in outcome:
-                for item in translator.translate(native):
-                    yield sse_event(item)
-        except (RequestError, EngineError) as exc:
-            status = getattr(exc, "status", 500)
-            yield sse_event(oa.openai_error(status, str(exc)))
-        finally:
-            await outcome.aclose()
-        yield SSE_DONE
-
-    response = Response(body(), mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.timeout = None
-    return response
-
-
 async def _completion(request_class: type, to_native: Any, job: Any, kind: str) -> Response:
     t_start = time.perf_counter_ns()
     req = parse_request(request_class, await request.get_data())
@@ -100,12 +59,14 @@ async def _completion(request_class: type, to_native: Any, job: Any, kind: str) 
     else:
         translator = oa.CompletionStream(native.model, include_usage=req.include_usage)
         whole = oa.text_completion
-    return await _answer(
+    return await answer(
         outcome,
         stream=req.stream,
         kind=kind,
-        translator=translator,
         whole=lambda final: whole(final, completion_id=translator.id),
+        translate=lambda native: [sse_event(item) for item in translator.translate(native)],
+        on_error=lambda status, message: [sse_event(oa.openai_error(status, message))],
+        trailer=SSE_DONE,
     )
 
 

@@ -23,7 +23,9 @@ from power.engine.types import EngineError, GenerationParams
 from power.http.model_json import details_json
 from power.http.schemas import ChatRequest, GenerateRequest, RequestError
 from power.http.state import ServerState
+from power.messages import Tool, ToolChoice
 from power.options import OptionError, Options
+from power.prompt.toolgrammar import tool_call_grammar
 from power.registry.gguf_meta import GGUFInfo, read_gguf_info_cached
 from power.registry.models import ResolvedModel, resolve
 from power.registry.names import InvalidNameError, ModelName
@@ -138,6 +140,19 @@ def grammar_for(format_: str | dict | None) -> str | None:
         except Exception as exc:  # noqa: BLE001
             raise RequestError(400, f"invalid JSON schema in format: {exc}") from None
     raise RequestError(400, f"invalid format: {format_!r}")
+
+
+def tool_choice_grammar(
+    tools: list[Tool], choice: ToolChoice, template_hint: str | None, thinking: str | None
+) -> str | None:
+    """The GBNF grammar that enforces a `tool_choice` that forces a call (None otherwise), in
+    the tool-call format of the model's template; `thinking` as `tool_call_grammar` takes it."""
+    try:
+        return tool_call_grammar(
+            tools, choice, template_hint, json_schema_to_gbnf, thinking=thinking
+        )
+    except ValueError as exc:
+        raise RequestError(400, str(exc)) from None
 
 
 def generation_params(

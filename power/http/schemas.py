@@ -30,7 +30,15 @@ import attrs
 import cattrs
 
 from power.durations import parse_keep_alive
-from power.messages import Message, Tool, ToolCall, ToolCallFunction, ToolFunction
+from power.messages import (
+    Message,
+    Tool,
+    ToolCall,
+    ToolCallFunction,
+    ToolChoice,
+    ToolChoiceMode,
+    ToolFunction,
+)
 from power.options import OptionError, parse_options
 from power.registry.create import CreateRequest
 
@@ -389,6 +397,42 @@ def parse_tool(value: Any) -> Tool:
     )
 
 
+_TOOL_CHOICE_MODES = {
+    "auto": ToolChoiceMode.AUTO,
+    "none": ToolChoiceMode.NONE,
+    "required": ToolChoiceMode.REQUIRED,
+    "any": ToolChoiceMode.REQUIRED,  # Anthropic's spelling
+}
+
+
+def parse_tool_choice(value: Any) -> ToolChoice:
+    """`tool_choice` in any API style's spelling: "auto" | "none" | "required" | "any", or an
+    object: `{"type": "auto"|"none"|"any"|"required"}`, a named tool as OpenAI chat
+    (`{"type": "function", "function": {"name"}}`), Responses (`{"type": "function", "name"}`)
+    or Anthropic (`{"type": "tool", "name"}`) spell it; `disable_parallel_tool_use` is read."""
+    if isinstance(value, str):
+        mode = _TOOL_CHOICE_MODES.get(value.lower())
+        if mode is None:
+            raise ValueError(
+                f'invalid tool_choice {value!r}: expected "auto", "none", "required" or a tool'
+            )
+        return ToolChoice(mode)
+    if not isinstance(value, dict):
+        raise FieldError("a string or an object", value)
+    kind = get_field(value, "type", str, "")
+    parallel = not get_field(value, "disable_parallel_tool_use", bool, False)
+    if kind in _TOOL_CHOICE_MODES:
+        return ToolChoice(_TOOL_CHOICE_MODES[kind], parallel=parallel)
+    if kind in ("function", "tool"):
+        function = value.get("function")
+        name = get_field(function, "name", str, "") if isinstance(function, dict) else ""
+        name = name or get_field(value, "name", str, "")
+        if not name:
+            raise ValueError("tool_choice names no tool: expected a function name")
+        return ToolChoice(ToolChoiceMode.TOOL, name=name, parallel=parallel)
+    raise ValueError(f"unsupported tool_choice type {kind!r}")
+
+
 def list_of(parse_item: Callable[[Any], Any]) -> Callable[[Any], list]:
     """A field parser for an array whose items `parse_item` parses (errors name the index)."""
 
@@ -475,6 +519,8 @@ class ChatRequest:
     model: str = field("")
     messages: list[Message] = field(factory=list, parse=list_of(parse_message))
     tools: list[Tool] = field(factory=list, parse=list_of(parse_tool))
+    #: power's extension (Ollama has none): enforced by a grammar when it forces a call
+    tool_choice: ToolChoice = field(factory=ToolChoice, parse=parse_tool_choice)
     format: str | dict[str, Any] | None = field(None, parse=parse_format)
     stream: bool = field(True)
     keep_alive: float | None = field(None, parse=parse_keep_alive_field)

@@ -28,9 +28,11 @@ def ndjson_line(obj: Any) -> bytes:
     return (dumps(obj) + "\n").encode("utf-8")
 
 
-def sse_event(obj: Any) -> bytes:
-    """One server-sent event carrying the object's JSON: `data: {...}\\n\\n`."""
-    return b"data: " + dumps(obj).encode("utf-8") + b"\n\n"
+def sse_event(obj: Any, event: str | None = None) -> bytes:
+    """One server-sent event carrying the object's JSON: `data: {...}\\n\\n`, preceded by
+    `event: NAME\\n` when `event` is given (the Anthropic and Responses streams name theirs)."""
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + dumps(obj).encode("utf-8") + b"\n\n"
 
 
 def rfc3339(ns_since_epoch: int) -> str:
