@@ -414,7 +414,8 @@ class Runner:
             Chunk(
                 done=True,
                 done_reason=reason,
-                prompt_eval_count=gen.n_prompt_evaluated,
+                prompt_eval_count=len(gen.prompt),
+                prompt_cached_count=len(gen.prompt) - gen.n_prompt_evaluated,
                 prompt_eval_duration=max(0, t_prompt_end - gen.t_prompt_start),
                 eval_count=len(gen.generated),
                 eval_duration=max(0, now - t_prompt_end),

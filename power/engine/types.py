@@ -69,7 +69,9 @@ class Chunk:
     """A piece of a generation's output. The last one has `done=True` and the metrics.
 
     Durations are nanoseconds. `context` (on the last chunk) is the prompt plus every generated
-    token, for Ollama's `context` field.
+    token, for Ollama's `context` field. `prompt_eval_count` is the whole prompt, as Ollama
+    reports it (cached tokens included); `prompt_cached_count` of those came from the KV cache
+    (a previous turn, or another sequence's shared prefix) and were not evaluated again.
     """
 
     text: str = ""
@@ -78,12 +80,18 @@ class Chunk:
     done: bool = False
     done_reason: DoneReason | None = None
     prompt_eval_count: int = 0
+    prompt_cached_count: int = 0
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
     context: tuple[int, ...] = ()
     truncated: bool = False
     stop_sequence: str | None = None  # the stop string that ended the generation, if one did
+
+    @property
+    def prompt_evaluated_count(self) -> int:
+        """Prompt tokens evaluated for this request (the rest came from the cache)."""
+        return self.prompt_eval_count - self.prompt_cached_count
 
 
 @attrs.frozen
