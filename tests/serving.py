@@ -25,9 +25,11 @@ _PARTIAL_RE = re.compile(r"sha256-([0-9a-f]{64})-partial(\.json)?")
 class PowerServer:
     """A `power serve` subprocess on a free loopback port with `store` as its model store."""
 
-    def __init__(self, store: Path, env: dict[str, str] | None = None, name: str = "") -> None:
+    def __init__(
+        self, store: Path, env: dict[str, str] | None = None, name: str = "", port: int = 0
+    ) -> None:
         self.store = store
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = dict(os.environ)
         full_env.update(

@@ -26,6 +26,7 @@ from power.registry.partial import read_record
 from power.registry.pull import pull_model
 from power.registry.push import push_model
 from power.registry.store import ModelNotFoundError, Store, StoreError
+from tests.serving import stale_data
 from tests.test_pull_push import CountingTransport, build_model, unique_name
 
 WORKER = Path(__file__).resolve().parent / "store_worker.py"
@@ -175,12 +176,18 @@ def test_create_from_a_model_racing_its_delete(tmp_path: Path) -> None:
     outcomes: list[str] = []
     for i_round in range(12):
         gguf_path = tiny_gguf(tmp_path / f"a{i_round}.gguf", f"round {i_round}")
-        models.create(store, CreateRequest(model="a", from_=str(gguf_path), system="A"))
+        models.create(store, CreateRequest(model="a", from_=str(gguf_path), system=f"A{i_round}"))
         results: dict[str, BaseException | None] = {}
         threads = [
             threading.Thread(
                 target=_record_outcome,
-                args=(results, "create", models.create, store, CreateRequest(model="b", from_="a")),
+                args=(
+                    results,
+                    "create",
+                    models.create,
+                    store,
+                    CreateRequest(model="b", from_="a", system="B"),
+                ),
             ),
             threading.Thread(
                 target=_record_outcome, args=(results, "delete", models.delete, store, "a")
@@ -198,6 +205,7 @@ def test_create_from_a_model_racing_its_delete(tmp_path: Path) -> None:
         if error is None:
             models.delete(store, "b")
     assert set(outcomes) <= {"ok", "404"}
+    assert stale_data(store.root) == []
 
 
 def test_create_copy_and_delete_of_one_name_racing_across_processes(
@@ -220,7 +228,7 @@ def test_create_copy_and_delete_of_one_name_racing_across_processes(
         assert_no_path(message.get("message", ""), store)
     assert_no_broken_model(store)
     store.prune()
-    assert sorted(p.name for p in (store.root / ".tmp").iterdir()) == [store.temp_dir().name]
+    assert stale_data(store.root) == []  # no blob of a create whose model a delete removed
 
 
 def test_resolve_racing_delete_and_recreate_is_whole_or_not_found(tmp_path: Path) -> None:
@@ -356,3 +364,13 @@ def test_errors_name_no_server_path(
     with pytest.raises(StoreError) as caught:
         models.create(store, CreateRequest(model="t", from_=str(gguf_path)))
     assert str(caught.value) == "create model: No such file or directory"
+
+
+def test_copy_over_a_model_drops_the_blobs_only_it_used(tmp_path: Path) -> None:
+    store = Store(tmp_path / "models")
+    gguf_path = tiny_gguf(tmp_path / "c.gguf", "c")
+    models.create(store, CreateRequest(model="one", from_=str(gguf_path), system="one"))
+    models.create(store, CreateRequest(model="two", from_=str(gguf_path), system="two"))
+    models.copy(store, "one", "two")
+    assert stale_data(store.root) == []
+    assert models.resolve(store, "two").system == "one"

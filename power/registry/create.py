@@ -136,50 +136,62 @@ def create_model(store: Store, request: CreateRequest, progress: Progress) -> No
     def emit(status: str) -> None:
         progress({"status": status})
 
-    created: list[str] = []
+    created: list[str] = []  # and then the borrowed digests: what may be garbage at the end
     try:
         with (
             store.pins() as pins,
             tempfile.TemporaryDirectory(prefix="create-", dir=store.temp_dir()) as work_dir,
         ):
             job = _Job(store, pins, emit, Path(work_dir), created)
-            base_config: dict[str, Any] = {}
-            if request.from_:
-                layers, base_config = _from_source(job, request.from_)
-            elif request.files:
-                layers = _from_files(job, request.files, False)
-            else:
-                raise CreateError("neither 'from' or 'files' was specified")
-            if request.adapters:
-                layers += _from_files(job, request.adapters, True)
-            if request.quantize:
-                layers = [
-                    _quantized(job, built, request.quantize)
-                    if built.layer.media_type == MEDIA_TYPE_MODEL
-                    else built
-                    for built in layers
-                ]
-            config = _config(layers, base_config)
-            layers = _with_text_layers(job, layers, request)
-            config_data = go_json_encode(config)
-            config_digest, _new = job.store_bytes(config_data)
-            manifest = Manifest(
-                config=Layer(MEDIA_TYPE_CONFIG, config_digest, len(config_data)),
-                layers=[built.layer for built in layers],
-            )
-            for built in layers:
-                emit(built.status)
-            emit("writing manifest")
-            store.write_manifest(name, manifest)
+            try:
+                manifest = _build(job, name, request)
+            finally:
+                created += job.borrowed
     except OSError as error:
         _remove_created(store, created)
         raise public_os_error(error, "create model") from None
     except BaseException:
         _remove_created(store, created)
         raise
-    if old_manifest is not None and not store.noprune:
-        store.remove_unreferenced(set(old_manifest.digests()) - set(manifest.digests()))
+    # A delete that raced this create may have removed the new manifest (or the source model)
+    # while their blobs were pinned: they go now, as they would have gone with it.
+    replaced = set(old_manifest.digests()) - set(manifest.digests()) if old_manifest else set()
+    store.remove_unreferenced([*created, *(() if store.noprune else replaced)])
     emit("success")
+
+
+def _build(job: _Job, name: ModelName, request: CreateRequest) -> Manifest:
+    """Every layer, the config, then the manifest of the model (see `create_model`)."""
+    store, emit = job.store, job.emit
+    base_config: dict[str, Any] = {}
+    if request.from_:
+        layers, base_config = _from_source(job, request.from_)
+    elif request.files:
+        layers = _from_files(job, request.files, False)
+    else:
+        raise CreateError("neither 'from' or 'files' was specified")
+    if request.adapters:
+        layers += _from_files(job, request.adapters, True)
+    if request.quantize:
+        layers = [
+            _quantized(job, built, request.quantize)
+            if built.layer.media_type == MEDIA_TYPE_MODEL
+            else built
+            for built in layers
+        ]
+    config = _config(layers, base_config)
+    layers = _with_text_layers(job, layers, request)
+    config_data = go_json_encode(config)
+    config_digest, _new = job.store_bytes(config_data)
+    manifest = Manifest(
+        config=Layer(MEDIA_TYPE_CONFIG, config_digest, len(config_data)),
+        layers=[built.layer for built in layers],
+    )
+    for built in layers:
+        emit(built.status)
+    emit("writing manifest")
+    store.write_manifest(name, manifest)
+    return manifest
 
 
 def _remove_created(store: Store, created: list[str]) -> None:
@@ -191,14 +203,16 @@ def _remove_created(store: Store, created: list[str]) -> None:
 
 @attrs.define
 class _Job:
-    """One create's context: the store, its pins, its status callback, its work folder, and
-    the digests of the blobs it added (removed again if it fails)."""
+    """One create's context: the store, its pins, its status callback, its work folder, the
+    digests of the blobs it added (removed again if it fails) and of those it took from a model
+    of the store (removed if that model was deleted meanwhile and nothing else uses them)."""
 
     store: Store
     pins: Pins
     emit: Callable[[str], None]
     work: Path
     created: list[str]
+    borrowed: list[str] = attrs.Factory(list)
 
     def store_bytes(self, data: bytes) -> tuple[str, bool]:
         digest, new = self.store.store_blob_bytes(data, pins=self.pins)
@@ -246,7 +260,8 @@ def _from_source(job: _Job, source: str) -> tuple[list[_Built], dict[str, Any]]:
         manifest = store.read_manifest(source_name)
         if manifest is None:
             raise ModelNotFoundError(source)
-        job.pins.add(normalize_digest(digest) for digest in manifest.digests())
+        job.borrowed += [normalize_digest(digest) for digest in manifest.digests()]
+        job.pins.add(job.borrowed)
     stored = store.stored_name(source_name) or source_name
     layers = []
     for layer in manifest.layers:

@@ -481,11 +481,19 @@ def list_models(store: Store) -> list[ModelEntry]:
 @_without_paths("copy model")
 def copy(store: Store, source: str | ModelName, destination: str | ModelName) -> None:
     """Give the model `source` a second name (the manifest is copied under the store lock;
-    blobs are shared). Raises ModelNotFoundError, InvalidNameError."""
+    blobs are shared). The blobs only a replaced `destination` used are removed, as create
+    does, unless `store.noprune`. Raises ModelNotFoundError, InvalidNameError."""
     source_name = parse_name(source)
     destination_name = parse_name(destination)
-    if not store.copy_manifest(source_name, destination_name):
-        raise ModelNotFoundError(_display(source))
+    with store.lock():
+        try:
+            replaced = store.read_manifest(destination_name)
+        except StoreError:
+            replaced = None
+        if not store.copy_manifest(source_name, destination_name):
+            raise ModelNotFoundError(_display(source))
+        if replaced is not None and not store.noprune:
+            store.remove_unreferenced(replaced.digests())
 
 
 @_without_paths("delete model")

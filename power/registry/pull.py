@@ -462,6 +462,8 @@ async def install_manifest(
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(pins.close)
+    # Blobs of a manifest that a racing delete removed while they were pinned go now.
+    await trio.to_thread.run_sync(store.remove_unreferenced, digests)
     if old_manifest_bytes is not None and not store.noprune:
         await trio.to_thread.run_sync(remove_replaced_blobs, store, old_manifest_bytes, manifest)
 
