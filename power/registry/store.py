@@ -20,6 +20,9 @@ Contracts:
   `partial`), and, unless `noprune`, unreferenced blobs older than `PRUNE_GRACE_SECONDS`.
 - Error messages name models and digests, never a path of the server (they reach clients):
   `public_os_error` turns an OSError into such a StoreError.
+- Another process may change a manifest at any time: a cache of what was read from one must be
+  keyed on the file's (st_ino, st_mtime_ns, st_size). Every write is a rename of a new file,
+  so the inode changes even when a coarse mtime and the size do not.
 - Names are looked up case-insensitively; writing a name that exists in another case replaces
   that manifest instead of adding a second one.
 - Manifests power writes are byte-for-byte what Ollama writes for the same content (compact JSON
