@@ -11,6 +11,13 @@ from pathlib import Path
 import pytest
 
 from power.registry.names import ModelName
+from power.registry.partial import (
+    PARTIAL_KEEP_SECONDS,
+    PartialRecord,
+    PartState,
+    record_path,
+    save_record,
+)
 from power.registry.store import (
     MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_LICENSE,
@@ -194,7 +201,7 @@ def test_add_blob_bytes_and_file(tmp_path: Path) -> None:
     )
     assert source.exists()  # copied, not moved: it lies outside the store
     assert store.has_blob(file_digest)
-    assert list((store.root / ".tmp").iterdir()) == []
+    assert list(store.temp_dir().iterdir()) == []
 
 
 def test_add_blob_file_refuses_a_wrong_digest(tmp_path: Path) -> None:
@@ -354,35 +361,60 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (moment, moment))
 
 
+def _resumable_partial(store: Store, data: bytes, completed: int) -> tuple[str, Path, Path]:
+    """A partial download of `data` with `completed` bytes on disk and a consistent record."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    partial = store.partial_path(digest)
+    partial.write_bytes(data[:completed] + bytes(len(data) - completed))
+    record = PartialRecord(digest, len(data), [PartState(0, len(data), completed)])
+    save_record(record_path(partial), record)
+    return digest, partial, record_path(partial)
+
+
 def test_prune(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.write_manifest(ModelName.parse("kept"), _manifest_with_blobs(store, b"used"))
     old_orphan = store.add_blob_bytes(b"old orphan")
     young_orphan = store.add_blob_bytes(b"young orphan")
-    stale_partial = store.partial_path("sha256:" + "a" * 64)
-    stale_partial.write_bytes(b"half")
-    stale_record = stale_partial.with_name(stale_partial.name + ".json")
-    stale_record.write_text("{}")
-    fresh_partial = store.partial_path("sha256:" + "b" * 64)
-    fresh_partial.write_bytes(b"in progress")
-    stale_temp = store.temp_dir() / "blob-leftover"
-    stale_temp.write_bytes(b"tmp")
-    young = {store.blob_path(young_orphan), fresh_partial}
-    for path in [*store.blobs_dir.iterdir(), stale_temp]:
-        if path not in young:
+    _, resumable, resumable_record = _resumable_partial(store, b"resume me", 4)
+    _, expired, expired_record = _resumable_partial(store, b"too old to resume", 4)
+    broken = store.partial_path("sha256:" + "a" * 64)
+    broken.write_bytes(b"half")
+    broken.with_name(broken.name + ".json").write_text("{}")
+    done_digest = store.add_blob_bytes(b"finished elsewhere")
+    _, finished, finished_record = _resumable_partial(store, b"finished elsewhere", 3)
+    record_temp = resumable_record.with_name(resumable_record.name + ".tmp")
+    record_temp.write_text("{")
+    foreign_old = tmp_path / ".tmp" / "blob-leftover"
+    foreign_old.write_bytes(b"tmp")
+    foreign_young = tmp_path / ".tmp" / "manifest-young"
+    foreign_young.write_bytes(b"tmp")
+    own_temp = store.temp_dir() / "blob-in-progress"
+    own_temp.write_bytes(b"mine")
+    for path in store.blobs_dir.iterdir():
+        if path != store.blob_path(young_orphan):
             _age(path, 7200)  # the blobs the manifest uses are old too
+    for path in (expired, expired_record):
+        _age(path, PARTIAL_KEEP_SECONDS + 60)
+    _age(foreign_old, 7200)
+    garbage = {broken.name, broken.name + ".json", finished.name, finished_record.name}
+    garbage |= {expired.name, expired_record.name, record_temp.name, foreign_old.name}
 
-    assert Store(tmp_path, noprune=True).prune() == []
+    # noprune keeps unreferenced blobs, not garbage
+    assert set(Store(tmp_path, noprune=True).prune()) == garbage
     assert store.has_blob(old_orphan)
+    assert store.has_blob(done_digest)
 
-    removed = store.prune()
-    assert set(removed) == {old_orphan, stale_partial.name, stale_record.name, stale_temp.name}
+    assert set(store.prune()) == {old_orphan, done_digest}
     assert store.has_blob(young_orphan)
-    assert fresh_partial.exists()
+    assert resumable.exists() and resumable_record.exists()
+    assert foreign_young.exists() and own_temp.exists()
     manifest = store.read_manifest(ModelName.parse("kept"))
     assert all(store.has_blob(d) for d in manifest.digests())
-    assert set(store.prune(grace_seconds=0)) == {young_orphan, fresh_partial.name}
+    assert set(store.prune(grace_seconds=0)) == {young_orphan, foreign_young.name}
     assert all(store.has_blob(d) for d in manifest.digests())
+    assert resumable.exists() and own_temp.exists()
+    assert not any(path.name.startswith("download-") for path in (tmp_path / ".locks").iterdir())
 
 
 def test_remove_unreferenced(tmp_path: Path) -> None:

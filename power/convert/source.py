@@ -59,22 +59,35 @@ class SourceTensor:
 
 
 def read_safetensors_file(path: Path) -> dict[str, SourceTensor]:
-    """The tensors of one `.safetensors` file, memory-mapped (nothing is read until used)."""
+    """The tensors of one `.safetensors` file, memory-mapped (nothing is read until used).
+    Raises ConversionError (naming the file, not its folder) when it is not one."""
+    size = path.stat().st_size
     with path.open("rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header: dict[str, Any] = json.loads(f.read(header_len))
+        start = f.read(8)
+        header_len = struct.unpack("<Q", start)[0] if len(start) == 8 else -1
+        if not 0 < header_len <= size - 8:  # an uploaded file may be anything
+            raise ConversionError(f"{path.name} is not a safetensors file")
+        try:
+            header: dict[str, Any] = json.loads(f.read(header_len))
+        except ValueError:
+            raise ConversionError(f"{path.name}: damaged safetensors header") from None
+    if not isinstance(header, dict):
+        raise ConversionError(f"{path.name}: damaged safetensors header")
     header.pop("__metadata__", None)
     file_map = np.memmap(path, dtype=np.uint8, mode="r")
     data_start = 8 + header_len
     tensors = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        tensors[name] = SourceTensor(
-            name=name,
-            dtype=info["dtype"],
-            shape=tuple(int(d) for d in info["shape"]),
-            data=file_map[data_start + begin : data_start + end],
-        )
+    try:
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            tensors[name] = SourceTensor(
+                name=name,
+                dtype=info["dtype"],
+                shape=tuple(int(d) for d in info["shape"]),
+                data=file_map[data_start + begin : data_start + end],
+            )
+    except (KeyError, TypeError, ValueError):
+        raise ConversionError(f"{path.name}: damaged safetensors header") from None
     return tensors
 
 

@@ -9,7 +9,12 @@ in a worker thread); pull/push are trio tasks that a cancellation stops cleanly 
 downloads are kept and resumed). Errors: `store.ModelNotFoundError` (404),
 `names.InvalidNameError` and `create.CreateError` (400), `store.StoreError` (500).
 
-Modules: `names`, `manifest` → `store` (blobs, manifests, pruning) → `gguf_meta` (GGUF headers),
+Several processes may share one store (replicas): `locks` (the store lock, sessions and pins,
+flock-based) and `partial` (download files and locks) coordinate them; `store` uses both, and
+`prune` cleans up after processes that died (`sweep`).
+
+Modules: `names`, `manifest`, `locks`, `partial`, `sweep` → `store` (blobs, manifests,
+pruning) → `gguf_meta` (GGUF headers),
 `modelfile` (parse and print) → `create`, `models` (resolve, show, list, copy, delete) → `oci`
 (the HTTP client) → `pull`, `push`, `update`.
 

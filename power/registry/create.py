@@ -15,7 +15,14 @@ layers replace inherited ones). The config blob and finally the manifest are wri
 Progress dicts carry Ollama's status texts: "parsing GGUF", "converting model", "quantizing F16
 model to Q4_K_M", "using existing layer sha256:…", "creating new layer sha256:…",
 "writing manifest", "success". A failing create writes no manifest; blobs it created that no
-manifest references are removed again, and its temporaries are deleted.
+manifest references are removed again, and its temporaries are deleted (after a crash, the next
+`Store.prune` does both).
+
+Races with other requests and processes: every blob the new model will use is pinned
+(`Store.pins`) before create checks that it exists (a source model's layers are pinned under
+the store lock together with reading its manifest), so a concurrent delete or prune cannot
+take them away; the manifest is written under the store lock. `from` a model deleted before
+create read it is a ModelNotFoundError (404). Errors name no path of the server.
 """
 
 from __future__ import annotations
@@ -59,10 +66,12 @@ from power.registry.store import (
     Layer,
     Manifest,
     ModelNotFoundError,
+    Pins,
     Store,
     StoreError,
     go_json_encode,
     normalize_digest,
+    public_os_error,
 )
 
 log = logging.getLogger(__name__)
@@ -127,49 +136,95 @@ def create_model(store: Store, request: CreateRequest, progress: Progress) -> No
     def emit(status: str) -> None:
         progress({"status": status})
 
-    created: list[str] = []
+    created: list[str] = []  # and then the borrowed digests: what may be garbage at the end
     try:
-        with tempfile.TemporaryDirectory(prefix="create-", dir=store.temp_dir()) as work_dir:
-            work = Path(work_dir)
-            base_config: dict[str, Any] = {}
-            if request.from_:
-                layers, base_config = _from_source(store, request.from_, emit, work, created)
-            elif request.files:
-                layers = _from_files(store, request.files, False, emit, work, created)
-            else:
-                raise CreateError("neither 'from' or 'files' was specified")
-            if request.adapters:
-                layers += _from_files(store, request.adapters, True, emit, work, created)
-            if request.quantize:
-                layers = [
-                    _quantized(store, built, request.quantize, emit, work, created)
-                    if built.layer.media_type == MEDIA_TYPE_MODEL
-                    else built
-                    for built in layers
-                ]
-            config = _config(layers, base_config)
-            layers = _with_text_layers(store, layers, request, created)
-            config_data = go_json_encode(config)
-            config_digest, new = store.store_blob_bytes(config_data)
-            if new:
-                created.append(config_digest)
-            manifest = Manifest(
-                config=Layer(MEDIA_TYPE_CONFIG, config_digest, len(config_data)),
-                layers=[built.layer for built in layers],
-            )
-            for built in layers:
-                emit(built.status)
-            emit("writing manifest")
-            store.write_manifest(name, manifest)
+        with (
+            store.pins() as pins,
+            tempfile.TemporaryDirectory(prefix="create-", dir=store.temp_dir()) as work_dir,
+        ):
+            job = _Job(store, pins, emit, Path(work_dir), created)
+            try:
+                manifest = _build(job, name, request)
+            finally:
+                created += job.borrowed
+    except OSError as error:
+        _remove_created(store, created)
+        raise public_os_error(error, "create model") from None
     except BaseException:
-        try:
-            store.remove_unreferenced(created)
-        except Exception:  # the original error matters more
-            log.exception("could not remove the blobs of a failed create")
+        _remove_created(store, created)
         raise
-    if old_manifest is not None and not store.noprune:
-        store.remove_unreferenced(set(old_manifest.digests()) - set(manifest.digests()))
+    # A delete that raced this create may have removed the new manifest (or the source model)
+    # while their blobs were pinned: they go now, as they would have gone with it.
+    replaced = set(old_manifest.digests()) - set(manifest.digests()) if old_manifest else set()
+    store.remove_unreferenced([*created, *(() if store.noprune else replaced)])
     emit("success")
+
+
+def _build(job: _Job, name: ModelName, request: CreateRequest) -> Manifest:
+    """Every layer, the config, then the manifest of the model (see `create_model`)."""
+    store, emit = job.store, job.emit
+    base_config: dict[str, Any] = {}
+    if request.from_:
+        layers, base_config = _from_source(job, request.from_)
+    elif request.files:
+        layers = _from_files(job, request.files, False)
+    else:
+        raise CreateError("neither 'from' or 'files' was specified")
+    if request.adapters:
+        layers += _from_files(job, request.adapters, True)
+    if request.quantize:
+        layers = [
+            _quantized(job, built, request.quantize)
+            if built.layer.media_type == MEDIA_TYPE_MODEL
+            else built
+            for built in layers
+        ]
+    config = _config(layers, base_config)
+    layers = _with_text_layers(job, layers, request)
+    config_data = go_json_encode(config)
+    config_digest, _new = job.store_bytes(config_data)
+    manifest = Manifest(
+        config=Layer(MEDIA_TYPE_CONFIG, config_digest, len(config_data)),
+        layers=[built.layer for built in layers],
+    )
+    for built in layers:
+        emit(built.status)
+    emit("writing manifest")
+    store.write_manifest(name, manifest)
+    return manifest
+
+
+def _remove_created(store: Store, created: list[str]) -> None:
+    try:
+        store.remove_unreferenced(created)
+    except Exception:  # the original error matters more
+        log.exception("could not remove the blobs of a failed create")
+
+
+@attrs.define
+class _Job:
+    """One create's context: the store, its pins, its status callback, its work folder, the
+    digests of the blobs it added (removed again if it fails) and of those it took from a model
+    of the store (removed if that model was deleted meanwhile and nothing else uses them)."""
+
+    store: Store
+    pins: Pins
+    emit: Callable[[str], None]
+    work: Path
+    created: list[str]
+    borrowed: list[str] = attrs.Factory(list)
+
+    def store_bytes(self, data: bytes) -> tuple[str, bool]:
+        digest, new = self.store.store_blob_bytes(data, pins=self.pins)
+        if new:
+            self.created.append(digest)
+        return digest, new
+
+    def store_file(self, path: Path, *, move: bool) -> tuple[str, bool]:
+        digest, new = self.store.store_blob_file(path, move=move, pins=self.pins)
+        if new:
+            self.created.append(digest)
+        return digest, new
 
 
 # ---------------------------------------------------------------- base layers
@@ -179,30 +234,34 @@ def _is_local_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~/")) or source in (".", "..", "~")
 
 
-def _from_source(
-    store: Store, source: str, emit: Callable[[str], None], work: Path, created: list[str]
-) -> tuple[list[_Built], dict[str, Any]]:
+def _from_source(job: _Job, source: str) -> tuple[list[_Built], dict[str, Any]]:
     """Layers (and the base config) for `from`: a model in the store or a local path."""
+    store = job.store
     if _is_local_path(source):
         path = Path(source).expanduser()
         if path.is_dir():
-            return [_convert(store, path, emit, work, created)], {}
+            return [_convert(job, path)], {}
         if path.is_file():
             if not is_gguf_file(path):
                 raise CreateError("supplied file was not in GGUF format")
-            emit("parsing GGUF")
+            job.emit("parsing GGUF")
             digest = _own_blob_digest(store, path)
             new = False
-            if digest is None:
-                digest, new = store.store_blob_file(path, move=False)
-            if new:
-                created.append(digest)
+            if digest is not None:
+                job.pins.add([digest])
+                if not store.has_blob(digest):
+                    raise CreateError(f"{source}: no such file or folder")
+            else:
+                digest, new = job.store_file(path, move=False)
             return [_gguf_layer(store, digest, False, _status(digest, new))], {}
         raise CreateError(f"{source}: no such file or folder")
     source_name = ModelName.parse(source)
-    manifest = store.read_manifest(source_name)
-    if manifest is None:
-        raise ModelNotFoundError(source)
+    with store.lock():  # so no delete comes between reading and pinning
+        manifest = store.read_manifest(source_name)
+        if manifest is None:
+            raise ModelNotFoundError(source)
+        job.borrowed += [normalize_digest(digest) for digest in manifest.digests()]
+        job.pins.add(job.borrowed)
     stored = store.stored_name(source_name) or source_name
     layers = []
     for layer in manifest.layers:
@@ -246,15 +305,9 @@ def _valid_file_name(name: str) -> bool:
     return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
-def _from_files(
-    store: Store,
-    files: dict[str, str],
-    is_adapter: bool,
-    emit: Callable[[str], None],
-    work: Path,
-    created: list[str],
-) -> list[_Built]:
+def _from_files(job: _Job, files: dict[str, str], is_adapter: bool) -> list[_Built]:
     """Layers for uploaded blobs named `{file name: digest}`."""
+    store = job.store
     checked: dict[str, str] = {}
     for file_name, digest in files.items():
         if not _valid_file_name(file_name):
@@ -263,24 +316,25 @@ def _from_files(
             digest = normalize_digest(digest)
         except InvalidDigestError:
             raise CreateError("invalid digest format") from None
+        job.pins.add([digest])
         if not store.has_blob(digest):
             raise CreateError(f"blob {digest} not found: upload it with POST /api/blobs/{digest}")
         checked[file_name] = digest
     if any(file_name.endswith(".safetensors") for file_name in checked):
         if is_adapter:
             raise CreateError("converting safetensors adapters is not supported")
-        folder = work / "safetensors"
+        folder = job.work / "safetensors"
         for file_name, digest in checked.items():
             link = folder / file_name
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(store.blob_path(digest), link)
-        return [_convert(store, folder, emit, work, created)]
+        return [_convert(job, folder, described_as="the uploaded files")]
     if is_adapter and len(checked) > 1:
         raise CreateError("only one adapter is currently supported")
     layers = []
     for file_name in sorted(checked):
         digest = checked[file_name]
-        emit("parsing GGUF")
+        job.emit("parsing GGUF")
         if not is_gguf_file(store.blob_path(digest)):
             raise CreateError("supplied file was not in GGUF format")
         layers.append(_gguf_layer(store, digest, is_adapter, _status(digest, False)))
@@ -290,7 +344,9 @@ def _from_files(
 def _read_info(path: Path) -> GGUFInfo:
     try:
         return read_gguf_info_cached(path)
-    except (GGUFError, OSError) as error:
+    except OSError as error:
+        raise CreateError(f"cannot read GGUF file: {error.strerror}") from None
+    except GGUFError as error:  # names the file, which is a blob: its name is its digest
         raise CreateError(f"cannot read GGUF file: {error}") from None
 
 
@@ -306,22 +362,22 @@ def _gguf_layer(store: Store, digest: str, is_adapter: bool, status: str) -> _Bu
     return _Built(Layer(media_type, digest, path.stat().st_size), status, info)
 
 
-def _convert(
-    store: Store, folder: Path, emit: Callable[[str], None], work: Path, created: list[str]
-) -> _Built:
-    """Convert a safetensors folder to a GGUF model layer."""
+def _convert(job: _Job, folder: Path, described_as: str | None = None) -> _Built:
+    """Convert a safetensors folder to a GGUF model layer. Error messages call the folder
+    `described_as` (when it is a temporary of the server's)."""
     from power.convert.converter import convert_folder  # heavy; only for this path
 
-    emit("converting model")
-    output = work / "converted.gguf"
+    job.emit("converting model")
+    output = job.work / "converted.gguf"
     try:
         convert_folder(folder, output)
     except ValueError as error:
-        raise CreateError(str(error)) from None
-    digest, new = store.store_blob_file(output, move=True)
-    if new:
-        created.append(digest)
-    return _gguf_layer(store, digest, False, _status(digest, new))
+        message = str(error)
+        if described_as is not None:
+            message = message.replace(str(folder), described_as)
+        raise CreateError(message) from None
+    digest, new = job.store_file(output, move=True)
+    return _gguf_layer(job.store, digest, False, _status(digest, new))
 
 
 # ---------------------------------------------------------------- quantization
@@ -348,15 +404,9 @@ def _llama_quantize(source: Path, target: Path, file_type: int) -> None:
         raise CreateError(f"quantization failed (llama.cpp returned {result})")
 
 
-def _quantized(
-    store: Store,
-    built: _Built,
-    quantize: str,
-    emit: Callable[[str], None],
-    work: Path,
-    created: list[str],
-) -> _Built:
+def _quantized(job: _Job, built: _Built, quantize: str) -> _Built:
     """The model layer quantized to `quantize`, or unchanged when it already is of that type."""
+    store = job.store
     try:
         wanted = file_type_from_name(quantize)
     except ValueError as error:
@@ -367,13 +417,11 @@ def _quantized(
         raise CreateError("quantization is only supported for F16, BF16 and F32 models")
     if info.file_type == wanted:
         return built
-    emit(f"quantizing {current} model to {file_type_name(wanted)}")
-    output = work / "quantized.gguf"
+    job.emit(f"quantizing {current} model to {file_type_name(wanted)}")
+    output = job.work / "quantized.gguf"
     _llama_quantize(store.blob_path(built.layer.digest), output, wanted)
-    emit("verifying conversion")
-    digest, new = store.store_blob_file(output, move=True)
-    if new:
-        created.append(digest)
+    job.emit("verifying conversion")
+    digest, new = job.store_file(output, move=True)
     return _gguf_layer(store, digest, False, _status(digest, new))
 
 
@@ -432,15 +480,12 @@ def _typed_request_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return typed
 
 
-def _with_text_layers(
-    store: Store, layers: list[_Built], request: CreateRequest, created: list[str]
-) -> list[_Built]:
+def _with_text_layers(job: _Job, layers: list[_Built], request: CreateRequest) -> list[_Built]:
     """Add (or replace) the template, system, license, params and messages layers."""
+    store = job.store
 
     def text_layer(data: bytes, media_type: str) -> _Built:
-        digest, new = store.store_blob_bytes(data)
-        if new:
-            created.append(digest)
+        digest, new = job.store_bytes(data)
         return _Built(Layer(media_type, digest, len(data)), _status(digest, new))
 
     def without(*media_types: str) -> list[_Built]:

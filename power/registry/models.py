@@ -3,9 +3,12 @@
 result as JSON (`power.http.model_json`).
 
 Errors: `ModelNotFoundError` (404, message `model 'NAME' not found`), `InvalidNameError` and
-`CreateError` (400), anything else (StoreError, OSError) is a 500. All functions block on file
-I/O (create may hash, convert or quantize gigabytes): call them through
-`trio.to_thread.run_sync`.
+`CreateError` (400), `StoreError` (500). Messages never name a path of the server: an OSError
+leaves as a StoreError saying what failed and why. All functions block on file I/O (create may
+hash, convert or quantize gigabytes): call them through `trio.to_thread.run_sync`.
+
+They read the store on every call (no cache), so a replica sees what another process changed.
+A model deleted while it is being read is not found (404), never a missing-file error.
 
 How power differs from Ollama here, on purpose:
 - layers made from uploaded files carry no `from` (Ollama writes the upload's file name), so
@@ -18,6 +21,7 @@ How power differs from Ollama here, on purpose:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -25,7 +29,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import attrs
 
@@ -50,9 +54,29 @@ from power.registry.store import (
     ModelNotFoundError,
     Store,
     StoreError,
+    public_os_error,
 )
 
 log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _without_paths(action: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """An OSError from the wrapped function leaves as `public_os_error(error, action)`."""
+
+    def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(function)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return function(*args, **kwargs)
+            except OSError as error:
+                raise public_os_error(error, action) from None
+
+        return wrapper
+
+    return decorate
 
 
 #: What Ollama shows as the template of a model that has none.
@@ -124,10 +148,26 @@ def _display(name: str | ModelName) -> str:
 # ---------------------------------------------------------------- resolve
 
 
+@_without_paths("read model")
 def resolve(store: Store, name: str | ModelName) -> ResolvedModel:
     """Read the model `name` from the store. Raises ModelNotFoundError, InvalidNameError, or
-    StoreError when the manifest or a layer it names is unreadable."""
+    StoreError when the manifest or a layer it names is unreadable. A model deleted (or
+    replaced) by another request or process while it is read is not found (or read again)."""
     model_name = parse_name(name)
+    for _attempt in range(3):
+        data = store.read_manifest_bytes(model_name)
+        try:
+            return _resolve_once(store, name, model_name)
+        except StoreError:
+            now = store.read_manifest_bytes(model_name)
+            if now is None:
+                raise ModelNotFoundError(_display(name)) from None
+            if now == data:
+                raise
+    return _resolve_once(store, name, model_name)
+
+
+def _resolve_once(store: Store, name: str | ModelName, model_name: ModelName) -> ResolvedModel:
     path = store.find_manifest_path(model_name)
     if path is None:
         raise ModelNotFoundError(_display(name))
@@ -173,6 +213,9 @@ def resolve(store: Store, name: str | ModelName) -> ResolvedModel:
         elif media == MEDIA_TYPE_LICENSE:
             licenses.append(_read_text_blob(store, layer.digest))
 
+    if model_path is not None and not model_path.is_file():
+        digest = manifest.layers_of(MEDIA_TYPE_MODEL)[0].digest
+        raise StoreError(f"blob {digest} of {stored_name.display} is missing from the store")
     info = None
     if model_path is not None and config.get("model_format", "gguf") in ("", "gguf"):
         try:
@@ -381,6 +424,7 @@ class ModelEntry:
     details: ModelDetails
 
 
+@_without_paths("show model")
 def show(store: Store, name: str | ModelName, verbose: bool = False) -> ModelShow:
     """What /api/show answers for `name` (see `ModelShow`). Raises ModelNotFoundError."""
     model = resolve(store, name)
@@ -397,6 +441,7 @@ def show(store: Store, name: str | ModelName, verbose: bool = False) -> ModelSho
     )
 
 
+@_without_paths("list models")
 def list_models(store: Store) -> list[ModelEntry]:
     """Every model of the store, newest first."""
     entries = []
@@ -433,29 +478,42 @@ def list_models(store: Store) -> list[ModelEntry]:
 # ---------------------------------------------------------------- copy, delete
 
 
+@_without_paths("copy model")
 def copy(store: Store, source: str | ModelName, destination: str | ModelName) -> None:
-    """Give the model `source` a second name (the manifest is copied; blobs are shared).
-    Raises ModelNotFoundError, InvalidNameError."""
+    """Give the model `source` a second name (the manifest is copied under the store lock;
+    blobs are shared). The blobs only a replaced `destination` used are removed, as create
+    does, unless `store.noprune`. Raises ModelNotFoundError, InvalidNameError."""
     source_name = parse_name(source)
     destination_name = parse_name(destination)
-    if not store.copy_manifest(source_name, destination_name):
-        raise ModelNotFoundError(_display(source))
+    with store.lock():
+        try:
+            replaced = store.read_manifest(destination_name)
+        except StoreError:
+            replaced = None
+        if not store.copy_manifest(source_name, destination_name):
+            raise ModelNotFoundError(_display(source))
+        if replaced is not None and not store.noprune:
+            store.remove_unreferenced(replaced.digests())
 
 
+@_without_paths("delete model")
 def delete(store: Store, name: str | ModelName) -> None:
     """Remove the model `name`, then the blobs only it used (as Ollama does, whatever
-    `noprune`), then prune the store unless `store.noprune`. Raises ModelNotFoundError."""
+    `noprune`; blobs another operation pins stay), then prune the store unless
+    `store.noprune`. The manifest and its blobs go under the store lock, so a concurrent
+    create, copy or pull sees the model whole or not at all. Raises ModelNotFoundError."""
     model_name = parse_name(name)
-    try:
-        manifest = store.read_manifest(model_name)
-    except StoreError:
-        manifest = None
-        if store.find_manifest_path(model_name) is None:
-            raise ModelNotFoundError(_display(name)) from None
-    if not store.delete_manifest(model_name):
-        raise ModelNotFoundError(_display(name))
-    if manifest is not None:
-        store.remove_unreferenced(manifest.digests())
+    with store.lock():
+        try:
+            manifest = store.read_manifest(model_name)
+        except StoreError:
+            manifest = None
+            if store.find_manifest_path(model_name) is None:
+                raise ModelNotFoundError(_display(name)) from None
+        if not store.delete_manifest(model_name):
+            raise ModelNotFoundError(_display(name))
+        if manifest is not None:
+            store.remove_unreferenced(manifest.digests())
     if not store.noprune:
         store.prune()
 
@@ -463,6 +521,7 @@ def delete(store: Store, name: str | ModelName) -> None:
 # ---------------------------------------------------------------- create
 
 
+@_without_paths("create model")
 def create(
     store: Store,
     request: CreateRequest,
@@ -474,6 +533,7 @@ def create(
     create_model(store, request, progress or (lambda _status: None))
 
 
+@_without_paths("import model")
 def import_gguf(
     store: Store,
     name: str,

@@ -18,15 +18,19 @@ The contract of `pull_model`:
 - The manifest is written last, with exactly the bytes the registry served, so its digest matches
   the registry's and `update` can compare them.
 - Two pulls in one process that need the same blob share one download: the second waits for the
-  first (and reports the same progress), and takes over if the first was cancelled.
+  first (and reports the same progress), and takes over if the first was cancelled. Across
+  processes sharing the store (replicas), the blob's download lock (`power.registry.partial`)
+  lets one fetch it while the others wait, reporting its progress from its record, and then
+  find the blob in place or resume the download where a dead or cancelled fetcher stopped.
+- Every blob of the manifest is pinned for the whole pull (`Store.pins`), so a delete or prune
+  of another model (in any process) cannot remove a blob the pull found already in the store.
+- Errors never name a path of the server (`public_os_error`).
 - An unknown model or tag raises `RegistryError("pull model manifest: file does not exist", 404)`
   and leaves the store unchanged.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import os
@@ -45,6 +49,15 @@ from power.registry.oci import (
     is_cancellation,
     single_registry_error,
 )
+from power.registry.partial import (
+    PartialRecord,
+    PartState,
+    discard_partial,
+    download_lock,
+    read_record,
+    record_path,
+    save_record,
+)
 from power.registry.store import (
     DigestMismatchError,
     Layer,
@@ -52,7 +65,19 @@ from power.registry.store import (
     MissingBlobError,
     Store,
     normalize_digest,
+    parse_digest,
+    public_os_error,
 )
+
+__all__ = [
+    "PartState",
+    "PartialRecord",
+    "install_manifest",
+    "load_or_start_record",
+    "plan_parts",
+    "pull_model",
+    "record_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +96,8 @@ N_PARALLEL_PARTS = 4
 WRITE_BUFFER_SIZE = 1 * MiB
 #: The resume record is rewritten after at least this many new bytes of a part reach the disk.
 RECORD_EVERY = 8 * MiB
+#: How often a pull waiting for another process's download of a blob looks again.
+DOWNLOAD_POLL_SECONDS = 0.25
 
 
 def _no_progress(_event: dict) -> None:
@@ -78,19 +105,6 @@ def _no_progress(_event: dict) -> None:
 
 
 # ---------------------------------------------------------------- the resume record
-
-
-@attrs.define
-class PartState:
-    """One byte range of a blob: `size` bytes from `offset`, `completed` of them on disk."""
-
-    offset: int
-    size: int
-    completed: int = 0
-
-    @property
-    def done(self) -> bool:
-        return self.completed >= self.size
 
 
 def plan_parts(total: int) -> list[PartState]:
@@ -105,85 +119,19 @@ def plan_parts(total: int) -> list[PartState]:
     ]
 
 
-@attrs.define
-class PartialRecord:
-    """What of a blob's partial file is on disk; saved as JSON next to the partial file."""
-
-    digest: str
-    total: int
-    parts: list[PartState]
-
-    @property
-    def completed(self) -> int:
-        return sum(part.completed for part in self.parts)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "digest": self.digest,
-                "total": self.total,
-                "parts": [[part.offset, part.size, part.completed] for part in self.parts],
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> PartialRecord:
-        data = json.loads(text)
-        parts = [PartState(int(o), int(s), int(c)) for o, s, c in data["parts"]]
-        return cls(digest=str(data["digest"]), total=int(data["total"]), parts=parts)
-
-    def is_consistent(self, digest: str, total: int) -> bool:
-        """The record describes this blob and its parts tile `0..total` exactly."""
-        if self.digest != digest or self.total != total:
-            return False
-        position = 0
-        for part in self.parts:
-            if part.offset != position or part.size <= 0 or not 0 <= part.completed <= part.size:
-                return False
-            position += part.size
-        return position == total or (total == 0 and not self.parts)
-
-
-def record_path(partial: Path) -> Path:
-    """The resume record of a partial file: `<partial>.json`."""
-    return partial.with_name(partial.name + ".json")
-
-
-def save_record(path: Path, record: PartialRecord) -> None:
-    """Write the record atomically (temp file + rename), so a crash leaves the old or the new."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(record.to_json())
-    os.replace(temp, path)
-
-
 def load_or_start_record(partial: Path, digest: str, total: int) -> PartialRecord:
     """The record of an earlier, interrupted download of this blob if it is usable, else a
-    fresh plan with an empty, preallocated partial file."""
-    path = record_path(partial)
-    if partial.exists() and path.exists():
-        try:
-            record = PartialRecord.from_json(path.read_text())
-        except (ValueError, KeyError, TypeError):
-            record = None
-        if (
-            record is not None
-            and record.is_consistent(digest, total)
-            and partial.stat().st_size == total
-        ):
-            log.info("resuming %s at %d of %d bytes", digest, record.completed, total)
-            return record
+    fresh plan with an empty, preallocated partial file. Call with the download lock held."""
+    record = read_record(partial, digest, total)
+    if record is not None:
+        log.info("resuming %s at %d of %d bytes", digest, record.completed, total)
+        return record
     record = PartialRecord(digest=digest, total=total, parts=plan_parts(total))
     partial.parent.mkdir(parents=True, exist_ok=True)
     with partial.open("wb") as file:
         file.truncate(total)
-    save_record(path, record)
+    save_record(record_path(partial), record)
     return record
-
-
-def discard_partial(partial: Path) -> None:
-    for path in (partial, record_path(partial)):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 # ---------------------------------------------------------------- progress
@@ -283,20 +231,51 @@ async def ensure_blob(
         if shared.error is not None and not is_cancellation(shared.error):
             if isinstance(shared.error, RegistryError):
                 raise RegistryError(shared.error.message, shared.error.status)
-            raise RegistryError(f"pull blob {digest}: {shared.error}")
+            raise RegistryError(f"pull blob {digest}: {_describe(shared.error)}")
         # Finished (the loop sees the blob) or cancelled (the loop takes the download over).
 
     shared = SharedDownload(digest, total)
     shared.listeners.append(reporter.update)
     _in_flight[key] = shared
     try:
-        await download_blob(store, client, digest, total, shared.report, limiter)
+        await download_blob_once(store, client, digest, total, shared.report, limiter)
     except BaseException as error:
         shared.error = error
         raise
     finally:
         del _in_flight[key]
         shared.finished.set()
+
+
+async def download_blob_once(
+    store: Store,
+    client: RegistryClient,
+    digest: str,
+    total: int,
+    on_progress: Callable[[int], None],
+    limiter: trio.CapacityLimiter,
+) -> None:
+    """Fetch one blob unless another process does: hold its download lock while fetching; while
+    another process holds it, wait and report that process's progress (read from its record),
+    then use the blob it stored or resume where it stopped."""
+    lock = download_lock(store.root, parse_digest(digest))
+    partial = Path(store.partial_path(digest))
+    waited = False
+    while not lock.acquire(blocking=False):
+        if not waited:
+            log.info("pull blob %s: another process is fetching it; waiting", digest)
+            waited = True
+        record = read_record(partial, digest, total)
+        if record is not None:
+            on_progress(record.completed)
+        await trio.sleep(DOWNLOAD_POLL_SECONDS)
+    try:
+        if store.has_blob(digest):
+            on_progress(total)
+            return
+        await download_blob(store, client, digest, total, on_progress, limiter)
+    finally:
+        lock.release()
 
 
 async def download_blob(
@@ -307,7 +286,8 @@ async def download_blob(
     on_progress: Callable[[int], None],
     limiter: trio.CapacityLimiter,
 ) -> None:
-    """Fetch one blob into its partial file (resuming), verify it and move it into the store."""
+    """Fetch one blob into its partial file (resuming), verify it and move it into the store.
+    The caller holds the blob's download lock."""
     partial = Path(store.partial_path(digest))
     record = load_or_start_record(partial, digest, total)
     received = record.completed
@@ -367,7 +347,7 @@ async def download_part(
                     log.info("pull blob %s: %s; resuming in %.1fs", digest, error, delay)
                     await trio.sleep(delay)
                 except OSError as error:
-                    raise RegistryError(f"pull blob {digest}: {error}") from error
+                    raise RegistryError(f"pull blob {digest}: {error.strerror}") from error
         finally:
             save_record(record_path(partial), record)
 
@@ -465,18 +445,27 @@ async def install_manifest(
     manifest = parse_manifest(raw_manifest)
     old_manifest_bytes = store.read_manifest_bytes(name)
     limiter = trio.CapacityLimiter(parallel_parts)
-    with single_registry_error():
-        async with trio.open_nursery() as nursery:
-            for layer in manifest_blobs(manifest):
-                nursery.start_soon(ensure_blob, store, client, layer, progress, limiter)
-    progress({"status": "verifying sha256 digest"})
-    progress({"status": "writing manifest"})
+    pins = store.open_pins()
     try:
-        store.write_manifest_bytes(name, raw_manifest)
-    except (MissingBlobError, ValueError) as error:
-        raise RegistryError(f"write manifest: {error}") from error
+        digests = [normalize_digest(layer.digest) for layer in manifest_blobs(manifest)]
+        await trio.to_thread.run_sync(pins.add, digests)
+        with single_registry_error():
+            async with trio.open_nursery() as nursery:
+                for layer in manifest_blobs(manifest):
+                    nursery.start_soon(ensure_blob, store, client, layer, progress, limiter)
+        progress({"status": "verifying sha256 digest"})
+        progress({"status": "writing manifest"})
+        try:
+            await trio.to_thread.run_sync(store.write_manifest_bytes, name, raw_manifest)
+        except (MissingBlobError, ValueError) as error:
+            raise RegistryError(f"write manifest: {error}") from error
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(pins.close)
+    # Blobs of a manifest that a racing delete removed while they were pinned go now.
+    await trio.to_thread.run_sync(store.remove_unreferenced, digests)
     if old_manifest_bytes is not None and not store.noprune:
-        remove_replaced_blobs(store, old_manifest_bytes, manifest)
+        await trio.to_thread.run_sync(remove_replaced_blobs, store, old_manifest_bytes, manifest)
 
 
 def remove_replaced_blobs(store: Store, old_manifest_bytes: bytes, new: Manifest) -> None:
@@ -510,9 +499,31 @@ async def pull_model(
     progress = progress or _no_progress
     model_name = name if isinstance(name, ModelName) else ModelName.parse(name)
     progress({"status": "pulling manifest"})
-    async with RegistryClient(
-        model_name, insecure=insecure, transport=transport, retry=retry
-    ) as client:
-        raw_manifest = await client.get_manifest(model_name.tag)
-        await install_manifest(store, client, model_name, raw_manifest, progress)
+    try:
+        async with RegistryClient(
+            model_name, insecure=insecure, transport=transport, retry=retry
+        ) as client:
+            raw_manifest = await client.get_manifest(model_name.tag)
+            await install_manifest(store, client, model_name, raw_manifest, progress)
+    except OSError as error:
+        raise public_os_error(error, "pull model") from None
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(OSError)
+        if matched is None or (rest is not None and not is_cancellation(rest)):
+            raise
+        raise public_os_error(_first(matched), "pull model") from None
     progress({"status": "success"})
+
+
+def _first(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _describe(error: BaseException) -> str:
+    """An error's message without the paths an OSError carries."""
+    error = _first(error)
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    return str(error)

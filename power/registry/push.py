@@ -28,7 +28,7 @@ import trio
 from power.registry.names import ModelName
 from power.registry.oci import RegistryClient, RegistryError, RetryPolicy, is_transient_status
 from power.registry.pull import BlobProgress, manifest_blobs, parse_manifest
-from power.registry.store import Layer, Store
+from power.registry.store import Layer, Store, public_os_error
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,15 @@ async def push_model(
                 404,
             )
 
-    async with RegistryClient(
-        model_name, insecure=insecure, transport=transport, retry=retry
-    ) as client:
-        for layer in manifest_blobs(manifest):
-            path = Path(store.blob_path(layer.digest))
-            await upload_blob(client, path, layer, progress, chunk_size=chunk_size)
-        progress({"status": "pushing manifest"})
-        await client.put_manifest(model_name.tag, raw_manifest)
+    try:
+        async with RegistryClient(
+            model_name, insecure=insecure, transport=transport, retry=retry
+        ) as client:
+            for layer in manifest_blobs(manifest):
+                path = Path(store.blob_path(layer.digest))
+                await upload_blob(client, path, layer, progress, chunk_size=chunk_size)
+            progress({"status": "pushing manifest"})
+            await client.put_manifest(model_name.tag, raw_manifest)
+    except OSError as error:  # a blob deleted meanwhile: say so without its path
+        raise public_os_error(error, "push model") from None
     progress({"status": "success"})

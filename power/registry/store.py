@@ -3,14 +3,26 @@ Ollama can read what power writes.
 
     <root>/manifests/<host>/<namespace>/<model>/<tag>   Docker schema-2 manifest (JSON)
     <root>/blobs/sha256-<64 hex>                        content-addressed blobs
-    <root>/blobs/sha256-<64 hex>-partial[...]           downloads in progress (power's pull)
-    <root>/.tmp/                                        power's temporaries (same filesystem)
+    <root>/blobs/sha256-<64 hex>-partial[...]           downloads in progress (`partial`)
+    <root>/.tmp/<token>/                                each process's temporaries (`locks`)
+    <root>/.locks/                                      lock files (`locks`)
 
 Contracts:
 - A blob is only ever created by renaming a complete, verified file into `blobs/`; a reader
   never sees a half-written blob. The same holds for manifests (temp file + rename).
 - A manifest is written only when every blob it names is present (`MissingBlobError` otherwise),
   so a crash between blobs and manifest leaves unreferenced blobs, never a broken model.
+- Several processes may share a store (`locks` tells how): writing, copying and deleting
+  manifests, committing blobs and removing them happen under the store lock; an operation pins
+  the blobs it will reference (`pins`), and nothing removes a pinned or referenced blob.
+- `prune` (run at start-up and after each delete) removes what crashed processes left: their
+  temporaries and the blobs their creates had added, stale partial downloads (the rule is in
+  `partial`), and, unless `noprune`, unreferenced blobs older than `PRUNE_GRACE_SECONDS`.
+- Error messages name models and digests, never a path of the server (they reach clients):
+  `public_os_error` turns an OSError into such a StoreError.
+- Another process may change a manifest at any time: a cache of what was read from one must be
+  keyed on the file's (st_ino, st_mtime_ns, st_size). Every write is a rename of a new file,
+  so the inode changes even when a coarse mtime and the size do not.
 - Names are looked up case-insensitively; writing a name that exists in another case replaces
   that manifest instead of adding a second one.
 - Manifests power writes are byte-for-byte what Ollama writes for the same content (compact JSON
@@ -26,8 +38,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,6 +47,15 @@ from typing import Any
 
 import attrs
 
+from power.registry.locks import (
+    TEMP_DIR,
+    Pins,
+    Session,
+    existing_session,
+    scan_sessions,
+    session_of,
+    store_lock,
+)
 from power.registry.manifest import (
     MEDIA_TYPE_ADAPTER,
     MEDIA_TYPE_CONFIG,
@@ -62,6 +81,12 @@ from power.registry.manifest import (
     sha256_file,
 )
 from power.registry.names import InvalidNameError, ModelName
+from power.registry.partial import PARTIAL_KEEP_SECONDS, sweep_partials
+from power.registry.sweep import (
+    remove_empty_folders,
+    remove_old_temporaries,
+    remove_old_unreferenced,
+)
 
 __all__ = [
     "MEDIA_TYPE_ADAPTER",
@@ -82,23 +107,30 @@ __all__ = [
     "Manifest",
     "MissingBlobError",
     "ModelNotFoundError",
+    "Pins",
     "Store",
     "StoreError",
     "StoredModel",
     "go_json_encode",
     "normalize_digest",
     "parse_digest",
+    "public_os_error",
     "sha256_bytes",
     "sha256_file",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Blobs and temporaries younger than this are left alone by `prune`: they may belong to a
-#: create or pull (of this or another process) that has not written its manifest yet.
+#: Unreferenced blobs younger than this are left alone by `prune`: a client may have uploaded
+#: them for a create it has not sent yet, or a crashed pull fetched them (a retry skips them).
+#: Foreign temporaries (not in a session's folder) get the same grace.
 PRUNE_GRACE_SECONDS = 3600.0
 
-_BLOB_NAME_RE = re.compile(r"sha256-[0-9a-f]{64}")
+
+def public_os_error(error: OSError, action: str) -> StoreError:
+    """A StoreError for a failed file operation that names no path (`action: No such file or
+    directory`): error messages reach remote clients."""
+    return StoreError(f"{action}: {error.strerror or type(error).__name__}")
 
 
 class ModelNotFoundError(LookupError):
@@ -142,6 +174,7 @@ class Store:
     def __init__(self, root: Path | str, *, noprune: bool = False) -> None:
         self.root = Path(root).expanduser()
         self.noprune = noprune
+        self._lock = store_lock(self.root)
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r}, noprune={self.noprune})"
@@ -166,11 +199,50 @@ class Store:
         return self.root / "blobs"
 
     def temp_dir(self) -> Path:
-        """A folder for temporaries on the blobs' filesystem (renames from it are atomic);
-        `prune` removes what is left there after the grace period."""
-        path = self.root / ".tmp"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """This process's folder for temporaries, on the blobs' filesystem (renames from it are
+        atomic); `prune` removes it once the process is gone."""
+        return session_of(self.root).temp_dir
+
+    # ------------------------------------------------------------ coordination
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the store lock (re-entrant; shared by every Store of this root in the process,
+        and excluding other processes): a block that changes which manifests exist or which
+        blobs they need runs under it. Keep such blocks short: no hashing, no network."""
+        return self._lock.hold()
+
+    @contextlib.contextmanager
+    def pins(self) -> Iterator[Pins]:
+        """Pins for one operation: the blobs pinned (`Pins.add`, or created through the
+        `store_blob_*` methods with `pins=`) are kept by every process until the block ends."""
+        pins = self.open_pins()
+        try:
+            yield pins
+        finally:
+            pins.close()
+
+    def open_pins(self) -> Pins:
+        """`pins()` for async callers, which close them (blocking) in a worker thread."""
+        return Pins(session_of(self.root), self._lock).open()
+
+    def _commit(self, temp_path: Path, digest: str, pins: Pins | None) -> bool:
+        """Rename a complete file into place as blob `digest` (under the store lock); when the
+        blob exists the file is removed instead and the blob's grace restarts. True if new."""
+        target = self.blob_path(digest)
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        with self.lock():
+            if target.exists():
+                if pins is not None:
+                    pins.add([digest])
+                temp_path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    os.utime(target)
+                return False
+            if pins is not None:
+                pins.add_created(digest)
+            os.chmod(temp_path, 0o644)
+            os.replace(temp_path, target)
+            return True
 
     def blob_path(self, digest: str) -> Path:
         """`blobs/sha256-<hex>` (the file may not exist). Raises InvalidDigestError."""
@@ -212,9 +284,16 @@ class Store:
         return self.store_blob_file(src, expected_digest, move=move)[0]
 
     def store_blob_file(
-        self, src: Path | str, expected_digest: str | None = None, *, move: bool | None = None
+        self,
+        src: Path | str,
+        expected_digest: str | None = None,
+        *,
+        move: bool | None = None,
+        pins: Pins | None = None,
     ) -> tuple[str, bool]:
-        """`add_blob_file`, also telling whether the blob is new (False: it was already there)."""
+        """`add_blob_file`, also telling whether the blob is new (False: it was already there).
+        With `pins`, the blob is pinned (and, when new, marked as created by that operation)
+        before it appears."""
         src = Path(src)
         expected = normalize_digest(expected_digest) if expected_digest is not None else None
         if move is None:
@@ -224,18 +303,14 @@ class Store:
             actual = sha256_file(src)
             if expected is not None and actual != expected:
                 raise DigestMismatchError(expected, actual)
-            target = self.blob_path(actual)
-            if target.exists():
-                src.unlink(missing_ok=True)
-                return actual, False
-            os.chmod(src, 0o644)
-            os.replace(src, target)
-            return actual, True
+            return actual, self._commit(src, actual, pins)
         if expected is not None and self.has_blob(expected):
             # verify the source all the same: the caller asserted its digest
             actual = sha256_file(src)
             if actual != expected:
                 raise DigestMismatchError(expected, actual)
+            if pins is not None:
+                pins.add([actual])
             return actual, False
         with self._temp_file() as (file, temp_path):
             digest = hashlib.sha256()
@@ -248,34 +323,29 @@ class Store:
             actual = "sha256:" + digest.hexdigest()
             if expected is not None and actual != expected:
                 raise DigestMismatchError(expected, actual)
-            return actual, self._commit_temp(temp_path, actual)
+            return actual, self._commit(temp_path, actual, pins)
 
     def add_blob_bytes(self, data: bytes, expected_digest: str | None = None) -> str:
         """Store `data` as a blob (atomically) and return its digest."""
         return self.store_blob_bytes(data, expected_digest)[0]
 
-    def store_blob_bytes(self, data: bytes, expected_digest: str | None = None) -> tuple[str, bool]:
-        """`add_blob_bytes`, also telling whether the blob is new."""
+    def store_blob_bytes(
+        self, data: bytes, expected_digest: str | None = None, *, pins: Pins | None = None
+    ) -> tuple[str, bool]:
+        """`add_blob_bytes`, also telling whether the blob is new; `pins` as for
+        `store_blob_file`."""
         actual = sha256_bytes(data)
         if expected_digest is not None and normalize_digest(expected_digest) != actual:
             raise DigestMismatchError(normalize_digest(expected_digest), actual)
+        if pins is not None:
+            pins.add([actual])
         if self.has_blob(actual):
             return actual, False
         with self._temp_file() as (file, temp_path):
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-            return actual, self._commit_temp(temp_path, actual)
-
-    def _commit_temp(self, temp_path: Path, digest: str) -> bool:
-        """Rename a complete temporary into place; False when the blob already existed."""
-        target = self.blob_path(digest)
-        self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            return False
-        os.chmod(temp_path, 0o644)
-        os.replace(temp_path, target)
-        return True
+            return actual, self._commit(temp_path, actual, pins)
 
     @contextlib.contextmanager
     def _temp_file(self) -> Iterator[tuple[Any, Path]]:
@@ -366,18 +436,14 @@ class Store:
         return self.write_manifest_bytes(name, manifest.to_json())
 
     def write_manifest_bytes(self, name: ModelName, data: bytes) -> Path:
-        """Write these exact manifest bytes for `name`, atomically (temp file + rename).
+        """Write these exact manifest bytes for `name`, atomically (temp file + rename), under
+        the store lock.
 
         Raises ValueError when `data` is not a manifest and MissingBlobError when a blob it
         names is absent; nothing is written then. An existing manifest of the same name in
         another case is replaced in place.
         """
         manifest = Manifest.from_json(data)
-        for digest in manifest.digests():
-            if not self.has_blob(digest):
-                raise MissingBlobError(digest)
-        path = self.find_manifest_path(name) or self.manifest_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(prefix="manifest-", dir=self.temp_dir())
         try:
             with os.fdopen(fd, "wb") as file:
@@ -385,7 +451,13 @@ class Store:
                 file.flush()
                 os.fsync(file.fileno())
             os.chmod(temp_name, 0o644)
-            os.replace(temp_name, path)
+            with self.lock():
+                for digest in manifest.digests():
+                    if not self.has_blob(digest):
+                        raise MissingBlobError(digest)
+                path = self.find_manifest_path(name) or self.manifest_path(name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp_name, path)
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)
             raise
@@ -393,31 +465,33 @@ class Store:
 
     def copy_manifest(self, source: ModelName, destination: ModelName) -> bool:
         """Copy the manifest bytes of `source` to `destination`; False when source is absent."""
-        data = self.read_manifest_bytes(source)
-        if data is None:
-            return False
-        src_path = self.find_manifest_path(source)
-        dst_path = self.find_manifest_path(destination)
-        if src_path is not None and dst_path is not None and src_path == dst_path:
+        with self.lock():
+            data = self.read_manifest_bytes(source)
+            if data is None:
+                return False
+            src_path = self.find_manifest_path(source)
+            dst_path = self.find_manifest_path(destination)
+            if src_path is not None and dst_path is not None and src_path == dst_path:
+                return True
+            self.write_manifest_bytes(destination, data)
             return True
-        self.write_manifest_bytes(destination, data)
-        return True
 
     def delete_manifest(self, name: ModelName) -> bool:
         """Remove the manifest of `name` (case-insensitive) and the folders it leaves empty;
         False when there was none. Blobs are not touched: see `remove_unreferenced`."""
-        path = self.find_manifest_path(name)
-        if path is None:
-            return False
-        path.unlink(missing_ok=True)
-        directory = path.parent
-        while directory != self.manifests_dir and self.manifests_dir in directory.parents:
-            try:
-                directory.rmdir()
-            except OSError:
-                break
-            directory = directory.parent
-        return True
+        with self.lock():
+            path = self.find_manifest_path(name)
+            if path is None:
+                return False
+            path.unlink(missing_ok=True)
+            directory = path.parent
+            while directory != self.manifests_dir and self.manifests_dir in directory.parents:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break
+                directory = directory.parent
+            return True
 
     def iter_manifest_paths(self) -> Iterator[tuple[ModelName, Path]]:
         """(name, path) of every manifest file at manifests/*/*/*/* with a valid name."""
@@ -475,78 +549,47 @@ class Store:
         return referenced
 
     def remove_unreferenced(self, digests: list[str] | set[str]) -> list[str]:
-        """Remove those of `digests` that no manifest references any more (what Ollama does for
-        the layers of a deleted or replaced model; not subject to `noprune`). Returns the
-        digests removed."""
-        referenced = self.referenced_digests()
-        removed = []
-        for digest in digests:
-            try:
-                digest = normalize_digest(digest)
-            except InvalidDigestError:
-                continue
-            if digest in referenced:
-                continue
-            if self.delete_blob(digest):
-                removed.append(digest)
-        return removed
+        """Remove those of `digests` that no manifest references and no live process pins any
+        more (what Ollama does for the layers of a deleted or replaced model; not subject to
+        `noprune`). Returns the digests removed."""
+        with self.lock():
+            scan = scan_sessions(self.root, self._session(), clean=False)
+            keep = self.referenced_digests() | scan.live_pins
+            removed = []
+            for digest in digests:
+                try:
+                    digest = normalize_digest(digest)
+                except InvalidDigestError:
+                    continue
+                if digest not in keep and self.delete_blob(digest):
+                    removed.append(digest)
+            return removed
+
+    def _session(self) -> Session | None:
+        """This process's session in the store, None when it has not started one."""
+        return existing_session(self.root)
 
     def prune(self, grace_seconds: float = PRUNE_GRACE_SECONDS) -> list[str]:
-        """Remove unreferenced blobs, stale partial downloads and stale temporaries; files
-        modified less than `grace_seconds` ago are kept. Does nothing when `noprune` is set.
-        Returns what was removed: digests for blobs, file names for anything else."""
-        if self.noprune:
-            return []
-        removed: list[str] = []
-        cutoff = time.time() - grace_seconds
-        referenced = self.referenced_digests()
-        if self.blobs_dir.is_dir():
-            for entry in os.scandir(self.blobs_dir):
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                try:
-                    if entry.stat(follow_symlinks=False).st_mtime > cutoff:
-                        continue
-                except FileNotFoundError:
-                    continue
-                if _BLOB_NAME_RE.fullmatch(entry.name):
-                    digest = "sha256:" + entry.name[len("sha256-") :]
-                    if digest in referenced:
-                        continue
-                    removed_name = digest
-                else:
-                    removed_name = entry.name  # a partial download or a foreign temporary
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                removed.append(removed_name)
-        temp = self.root / ".tmp"
-        if temp.is_dir():
-            for entry in os.scandir(temp):
-                try:
-                    if entry.stat(follow_symlinks=False).st_mtime > cutoff:
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                removed.append(entry.name)
-        self._remove_empty_manifest_dirs()
-        if removed:
-            log.info("pruned %d files from %s", len(removed), self.root)
-        return removed
+        """Clean the store up; returns what was removed (digests for blobs, names otherwise).
 
-    def _remove_empty_manifest_dirs(self) -> None:
-        base = self.manifests_dir
-        if not base.is_dir():
-            return
-        for dirpath, _dirnames, _filenames in sorted(os.walk(base), reverse=True):
-            if Path(dirpath) == base:
-                continue
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                pass
+        Always: the temporaries and session files of processes that are gone, the blobs their
+        creates had added that nothing references or pins, partial downloads nobody can or needs
+        to resume (see `power.registry.partial`), and, older than `grace_seconds`, temporaries
+        outside any session folder. Unless `noprune`: blobs that no manifest references and no
+        live process pins, older than `grace_seconds`, and foreign files in `blobs/` as old."""
+        cutoff = time.time() - grace_seconds
+        with self.lock():
+            scan = scan_sessions(self.root, self._session())
+            removed = list(scan.removed)
+            keep = self.referenced_digests() | scan.live_pins
+            for digest in sorted(scan.dead_created - keep):
+                if self.delete_blob(digest):
+                    removed.append(digest)
+            removed += sweep_partials(self.root, time.time(), PARTIAL_KEEP_SECONDS)
+            removed += remove_old_temporaries(self.root / TEMP_DIR, cutoff)
+            if not self.noprune:
+                removed += remove_old_unreferenced(self.blobs_dir, keep, cutoff)
+            remove_empty_folders(self.manifests_dir)
+        if removed:
+            log.info("pruned %d files from the store", len(removed))
+        return removed
