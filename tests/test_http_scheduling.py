@@ -21,8 +21,9 @@ def small_store(tmp_path_factory, gemma_gguf, minilm_gguf) -> Path:
     return root
 
 
-async def wait_until(predicate, *, attempts: int = 100, interval: float = 0.1) -> bool:
-    """Poll a server-side effect (bounded); returns whether it happened."""
+async def wait_until(predicate, *, attempts: int = 600, interval: float = 0.1) -> bool:
+    """Poll a server-side effect (bounded at 60 s, for a busy machine); returns whether it
+    happened."""
     for _ in range(attempts):
         if await predicate():
             return True
