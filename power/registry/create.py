@@ -5,8 +5,15 @@ The base comes from one of:
 - `files` `{file name: digest}` naming uploaded blobs: GGUF files (model, projector or adapter,
   told apart by their metadata) or a safetensors folder's files (converted to GGUF);
 - power's extension: `from` a local path (`/…`, `./…`, `../…`, `~/…`) of a GGUF file (copied
-  in) or of a safetensors folder (converted by `power.convert.converter.convert_folder`). The CLI
-  uses it for `FROM ./folder` when the server runs on the same machine.
+  in), of a safetensors folder (converted by `power.convert.converter.convert_folder`), or of a
+  folder of GGUF files (each copied in: a model and its vision projector). The CLI uses it for
+  `FROM ./folder` of safetensors when the server runs on the same machine.
+- power's extension: `from` together with `files` adds the uploaded vision projector(s) to the
+  base (Ollama ignores `files` when `from` is set): `FROM llava:7b` + `FROM ./mmproj.gguf`.
+
+A vision projector (a GGUF whose `general.type` is `mmproj`/`projector`, or a `clip` file with a
+vision encoder) becomes an `application/vnd.ollama.image.projector` layer beside the model
+layer, as in Ollama's store; a projector added to a base replaces the base's.
 Then `adapters`, an optional `quantize` of the model layer (F16/BF16/F32 sources only, through
 llama.cpp's `llama_model_quantize`), and layers for template, system, license, params and
 messages, as Ollama lays them out (params are merged with inherited ones; the other text
@@ -43,6 +50,7 @@ from power.registry.gguf_meta import (
     is_gguf_file,
     read_gguf_info_cached,
 )
+from power.registry.modelfile import gguf_files_in_folder
 from power.registry.names import ModelName
 from power.registry.store import (
     MEDIA_TYPE_ADAPTER,
@@ -134,6 +142,10 @@ def create_model(store: Store, request: CreateRequest, progress: Progress) -> No
             base_config: dict[str, Any] = {}
             if request.from_:
                 layers, base_config = _from_source(store, request.from_, emit, work, created)
+                if request.files:
+                    layers = _with_projectors(
+                        layers, _from_files(store, request.files, False, emit, work, created)
+                    )
             elif request.files:
                 layers = _from_files(store, request.files, False, emit, work, created)
             else:
@@ -186,18 +198,12 @@ def _from_source(
     if _is_local_path(source):
         path = Path(source).expanduser()
         if path.is_dir():
+            ggufs = gguf_files_in_folder(path)
+            if ggufs:
+                return [_local_gguf(store, file, emit, created) for file in ggufs], {}
             return [_convert(store, path, emit, work, created)], {}
         if path.is_file():
-            if not is_gguf_file(path):
-                raise CreateError("supplied file was not in GGUF format")
-            emit("parsing GGUF")
-            digest = _own_blob_digest(store, path)
-            new = False
-            if digest is None:
-                digest, new = store.store_blob_file(path, move=False)
-            if new:
-                created.append(digest)
-            return [_gguf_layer(store, digest, False, _status(digest, new))], {}
+            return [_local_gguf(store, path, emit, created)], {}
         raise CreateError(f"{source}: no such file or folder")
     source_name = ModelName.parse(source)
     manifest = store.read_manifest(source_name)
@@ -223,6 +229,35 @@ def _from_source(
         except ValueError:
             base_config = {}
     return layers, base_config
+
+
+def _local_gguf(
+    store: Store, path: Path, emit: Callable[[str], None], created: list[str]
+) -> _Built:
+    """A layer for the GGUF file at `path`, copied into the store (unless it is a blob)."""
+    if not is_gguf_file(path):
+        raise CreateError("supplied file was not in GGUF format")
+    emit("parsing GGUF")
+    digest = _own_blob_digest(store, path)
+    new = False
+    if digest is None:
+        digest, new = store.store_blob_file(path, move=False)
+    if new:
+        created.append(digest)
+    return _gguf_layer(store, digest, False, _status(digest, new))
+
+
+def _with_projectors(base: list[_Built], added: list[_Built]) -> list[_Built]:
+    """`base` with the projector layers of `added` (a second FROM beside a model name);
+    they replace the base's projectors. Anything else in `added` is refused."""
+    if any(built.layer.media_type != MEDIA_TYPE_PROJECTOR for built in added):
+        raise CreateError(
+            "a FROM file beside a model name must be a vision projector (mmproj) GGUF"
+        )
+    kept = [built for built in base if built.layer.media_type != MEDIA_TYPE_PROJECTOR]
+    models = [i for i, built in enumerate(kept) if built.layer.media_type == MEDIA_TYPE_MODEL]
+    at = models[-1] + 1 if models else len(kept)  # right after the model, as Ollama lays it out
+    return kept[:at] + added + kept[at:]
 
 
 def _own_blob_digest(store: Store, path: Path) -> str | None:
