@@ -200,7 +200,9 @@ def _from_source(
         if path.is_dir():
             ggufs = gguf_files_in_folder(path)
             if ggufs:
-                return [_local_gguf(store, file, emit, created) for file in ggufs], {}
+                layers = [_local_gguf(store, file, emit, created) for file in ggufs]
+                layers.sort(key=lambda built: built.layer.media_type == MEDIA_TYPE_PROJECTOR)
+                return layers, {}
             return [_convert(store, path, emit, work, created)], {}
         if path.is_file():
             return [_local_gguf(store, path, emit, created)], {}
@@ -319,7 +321,8 @@ def _from_files(
         if not is_gguf_file(store.blob_path(digest)):
             raise CreateError("supplied file was not in GGUF format")
         layers.append(_gguf_layer(store, digest, is_adapter, _status(digest, False)))
-    return layers
+    # the model before its projector, whatever the file names (Ollama keeps name order)
+    return sorted(layers, key=lambda built: built.layer.media_type == MEDIA_TYPE_PROJECTOR)
 
 
 def _read_info(path: Path) -> GGUFInfo:
