@@ -273,3 +273,39 @@ def test_openai_image_url_data_urls(vision_server: str):
     with pytest.raises(openai.BadRequestError) as caught:
         ask(b"GIF89a but nothing else")
     assert "invalid image input" in str(caught.value)
+
+
+# ---------------------------------------------------------------- the engine's API
+
+
+async def test_the_engine_takes_images_and_splits_one_larger_than_a_batch(
+    gemma_gguf: Path, projectors
+):
+    import contextlib
+
+    from power.engine import EngineError, GenerationParams, load
+    from power.engine.projector import ProjectorError
+    from power.options import Options
+
+    options = Options(num_ctx=256, num_thread=2, num_batch=8)  # a 16-token image: two decodes
+    async with load(gemma_gguf, options, num_parallel=1, projector=projectors["gemma"]) as model:
+        assert model.has_vision
+        tokens, images = await model.tokenize_with_images(["The picture ", RED, " shows"])
+        (image,) = images
+        assert image.chunk.n_tokens == image.chunk.n_pos == N_IMAGE_TOKENS
+        assert [t for t in tokens if t < 0] == [image.start_id] + [image.continuation_id] * 15
+        params = GenerationParams(
+            prompt=tuple(tokens), images=images, options=Options(temperature=0, num_predict=4)
+        )
+        async with contextlib.aclosing(model.generate(params)) as stream:
+            chunks = [chunk async for chunk in stream]
+        assert chunks[-1].prompt_eval_count == len(tokens) and chunks[-1].eval_count == 4
+        encoded = model.projector.encode(image.chunk, 0, 7)
+        assert encoded.embeddings.shape == (N_IMAGE_TOKENS, 640)
+        assert list(encoded.positions) == list(range(7, 7 + N_IMAGE_TOKENS))
+        with pytest.raises(EngineError) as caught:
+            await model.tokenize_with_images(["x", b"\xff\xd8\xff not really a JPEG"])
+        assert caught.value.status == 400
+        projector = model.projector
+    with pytest.raises(ProjectorError):  # closed with the model
+        projector.tokenize(["x", RED], add_special=True)

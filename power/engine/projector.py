@@ -18,7 +18,9 @@ An image's key is the SHA-256 of its file plus the chunk's ordinal among that fi
 the prompt, so equal keys mean equal embeddings.
 
 Threading: `tokenize` may run in any thread (mtmd's tokenizer only reads the context); `encode`
-runs in the step loop's worker thread, one at a time. Nothing here knows trio.
+runs in the step loop's worker thread, one at a time. `close` waits for the calls in progress
+(a request may still be decoding its images when the server shuts down). Nothing here knows
+trio.
 
 `power.engine.llama.LlamaBackend.open_projector` builds it from a loaded model (this module does
 not import `power.engine.llama`: the backend hands over the model handle and its log hooks).
@@ -26,11 +28,13 @@ not import `power.engine.llama`: the backend hands over the model handle and its
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
+import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +101,8 @@ class LlamaProjector:
             mtmd.mtmd_helper_log_set(log_callback, ctypes.c_void_p(0))  # mtmd's own log hook
             _log_routed = True
         self._reason = reason
+        self._users = 0  # calls in progress; `close` waits for them
+        self._idle = threading.Condition()
         self.path = Path(path)
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = use_gpu
@@ -120,11 +126,28 @@ class LlamaProjector:
             raise ProjectorError("projector is closed")
         return self._ctx
 
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        with self._idle:
+            if not self._ctx:
+                raise ProjectorError("projector is closed")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._users -= 1
+                self._idle.notify_all()
+
     # ------------------------------------------------------------------ tokenize
     def tokenize(
         self, parts: Sequence[str | bytes], *, add_special: bool
     ) -> list[int | ImageChunk]:
         """See `power.engine.backend.Projector.tokenize`."""
+        with self._in_use():
+            return self._tokenize(parts, add_special)
+
+    def _tokenize(self, parts: Sequence[str | bytes], add_special: bool) -> list[int | ImageChunk]:
         keep: list[object] = []  # what C points into, alive until mtmd_tokenize returns
         bitmaps: list[int] = []
         c_parts = []
@@ -219,6 +242,10 @@ class LlamaProjector:
     # ------------------------------------------------------------------ encode
     def encode(self, image: ImageChunk, seq_id: int, start_pos: int) -> EmbeddingBatch:
         """See `power.engine.backend.Projector.encode`."""
+        with self._in_use():
+            return self._encode(image, seq_id, start_pos)
+
+    def _encode(self, image: ImageChunk, seq_id: int, start_pos: int) -> EmbeddingBatch:
         chunk = image.handle.pointer
         if mtmd.mtmd_encode_chunk(self.handle, chunk) != 0:
             raise DecodeError(f"the vision encoder failed{self._reason()}")
@@ -243,9 +270,13 @@ class LlamaProjector:
         )
 
     def close(self) -> None:
-        if self._ctx:
-            mtmd.mtmd_free(self._ctx)
-            self._ctx = None
+        """Free the mtmd context once the calls in progress have returned (idempotent)."""
+        with self._idle:
+            context, self._ctx = self._ctx, None  # no new call starts from here on
+            while self._users:
+                self._idle.wait()
+        if context:
+            mtmd.mtmd_free(context)
 
 
 class _ChunkHandle:
