@@ -286,3 +286,21 @@ async def test_an_unknown_placeholder_is_refused():
         params = GenerationParams(prompt=(BOS, -4, 5), options=Options(**GREEDY))
         with pytest.raises(EngineError, match="outside the vocabulary"):
             model.runner.submit(params, model.make_sampler(params))
+
+
+def test_a_context_shift_drops_whole_images():
+    from power.engine.backend import ImageChunk
+
+    tokens, _ = build_prompt([BOS, 2, ImageChunk("a", 6, 6), 3, 4, 5, 6, 7, 8])
+
+    class Req:
+        prompt = tokens
+
+    sched = Scheduler(n_slots=1, n_ctx_seq=len(tokens), n_batch=64)
+    slot = sched.slots[0]
+    slot.cached = list(tokens)
+    slot.state, slot.next_token = SlotState.GENERATING, 9
+    (shift,), full = sched.shifts_needed(lambda slot: (True, 4))  # n_keep 4 is inside the image
+    assert not full
+    assert shift.n_keep == 2 and shift.n_discard == 6  # the image goes whole
+    assert slot.cached == [BOS, 2, 3, 4, 5, 6, 7, 8]
