@@ -7,7 +7,12 @@
   must agree), that a batch fits `n_batch`, and that sequence ids are in range. Its logits come
   from a script: a function of the tokens of the row's sequence up to that row. It can be told to
   fail a given decode (`fail_decodes`) or to raise in KV-cache operations (`broken`).
-- `FakeBackend.open(spec)` sizes the context with the real `power.engine.loadspec.context_plan`.
+- `FakeProjector`: images are byte strings; image `bytes([a, b, c])` takes three positions and
+  its embedding rows carry a, b, c, which `FakeContext.decode_embeddings` stores as if they were
+  tokens (so the counting script continues an image that ends a prompt with c + 1). Bytes that
+  start with `BAD` are an undecodable image. It counts encodes and can be told to fail them.
+- `FakeBackend.open(spec)` sizes the context with the real `power.engine.loadspec.context_plan`;
+  `open_projector` returns a `FakeProjector` (when the spec names a projector).
 - `Worker`: stands in for `trio.to_thread.run_sync`. It runs the function on the trio thread,
   after waiting at a `Gate` the test may have set for that function's name (`_execute`,
   `_sample_guarded`, `open_sync`...). Like `trio.to_thread.run_sync` it checks for cancellation
@@ -19,14 +24,15 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import trio
 
-from power.engine.backend import BatchEntry
+from power.engine.backend import BatchEntry, EmbeddingBatch, ImageChunk
 from power.engine.loadspec import LoadSpec, context_plan
-from power.engine.types import DecodeError
+from power.engine.types import DecodeError, EngineError
 
 N_VOCAB = 64
 EOG = 0
@@ -105,6 +111,7 @@ class FakeContext:
         self.broken = False  # KV-cache operations raise: the context is unusable
         self.closed = False
         self._rows: list[tuple[int, int]] = []
+        self.image_decodes: list[tuple[int, int, int]] = []  # (seq, start position, n_tokens)
 
     def tokens(self, seq: int) -> list[int]:
         return [self.cells[seq][p] for p in sorted(self.cells[seq])]
@@ -125,6 +132,20 @@ class FakeContext:
                 cells[entry.start_pos + i] = token
                 rows.append((entry.seq_id, entry.start_pos + i))
         self._rows = rows
+
+    def decode_embeddings(self, batch: EmbeddingBatch, wants_logits: bool) -> None:
+        assert not self.closed, "decode on a closed context"
+        self.n_decodes += 1
+        if self.n_decodes in self.fail_decodes:
+            raise DecodeError(f"scripted failure of decode {self.n_decodes}")
+        cells = self.cells[batch.seq_id]
+        expected = max(cells) + 1 if cells else 0
+        assert batch.start_pos == expected, (batch.start_pos, expected)
+        assert list(batch.positions) == list(range(expected, expected + batch.n_tokens))
+        for i, row in enumerate(batch.embeddings):
+            cells[expected + i] = int(row[0])
+        self.image_decodes.append((batch.seq_id, batch.start_pos, batch.n_tokens))
+        self._rows = [(batch.seq_id, expected + batch.n_tokens - 1)]
 
     def logits_row(self, row: int) -> np.ndarray:
         seq, pos = self._rows[row]
@@ -159,6 +180,40 @@ class FakeContext:
         self.closed = True
 
 
+class FakeProjector:
+    """Images are bytes: one position per byte, embedding rows carrying the byte values."""
+
+    def __init__(self, vocabulary: FakeVocabulary) -> None:
+        self.vocabulary = vocabulary
+        self.encoded: list[bytes] = []  # every image encoded, in order
+        self.fail_encodes = False
+        self.closed = False
+
+    def tokenize(self, parts, *, add_special: bool) -> list[int | ImageChunk]:
+        pieces: list[int | ImageChunk] = []
+        for index, part in enumerate(parts):
+            if isinstance(part, str):
+                pieces.extend(self.vocabulary.tokenize(part))
+            elif part.startswith(b"BAD") or not part:
+                raise EngineError(f"invalid image input: image {index} is broken", status=400)
+            else:
+                key = hashlib.sha256(part).hexdigest() + ":0"
+                pieces.append(ImageChunk(key, len(part), len(part), bytes(part)))
+        return pieces
+
+    def encode(self, image: ImageChunk, seq_id: int, start_pos: int) -> EmbeddingBatch:
+        assert not self.closed, "encode on a closed projector"
+        if self.fail_encodes:
+            raise DecodeError("scripted encoder failure")
+        self.encoded.append(image.handle)
+        rows = np.repeat(np.frombuffer(image.handle, np.uint8)[:, None], 4, 1).astype(np.float32)
+        positions = np.arange(start_pos, start_pos + len(rows), dtype=np.int32)
+        return EmbeddingBatch(seq_id, start_pos, rows, positions)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class FakeBackend:
     """Opens fake models; `fail_open` makes the next opens raise it."""
 
@@ -188,6 +243,10 @@ class FakeBackend:
         )
         self.opened.append((spec, model, context))
         return model, context
+
+    def open_projector(self, spec: LoadSpec, model: FakeVocabulary) -> FakeProjector:
+        self.projector = FakeProjector(model)
+        return self.projector
 
 
 class Gate:

@@ -240,15 +240,22 @@ def build_create_request(
 ) -> dict[str, Any]:
     """The /api/create fields for a parsed Modelfile (paths relative to `base`).
 
-    FROM a GGUF file uploads it as a blob (`files`), FROM a folder sends its absolute path in
-    `from` (the server converts it), anything else is a model name sent in `from`; ADAPTER
-    files are uploaded into `adapters`.
+    FROM a GGUF file uploads it as a blob (`files`), and so does FROM a folder of GGUF files
+    (a model and its vision projector, as Ollama's client does); FROM a folder of safetensors
+    sends its absolute path in `from` (the server converts it); anything else is a model name
+    sent in `from` (a GGUF file beside it, a projector, is added to that model). ADAPTER files
+    are uploaded into `adapters`.
     """
+    from power.registry.modelfile import gguf_files_in_folder
+
     request: dict[str, Any] = {}
     for source in modelfile.sources:
         path = _resolve_path(source, base)
         if path is not None and path.is_file():
             request.setdefault("files", {})[path.name] = _upload(client, progress, path)
+        elif path is not None and path.is_dir() and gguf_files_in_folder(path):
+            for file in gguf_files_in_folder(path):
+                request.setdefault("files", {})[file.name] = _upload(client, progress, file)
         elif path is not None and path.is_dir():
             request.setdefault("from", str(path))
         else:

@@ -6,14 +6,24 @@ protocols, so tests run them on the CPU with a fake backend whose decode returns
 (`power.engine.llama_backend.LlamaBackend`): `power.engine.llama`'s `LlamaModel` and
 `LlamaContext` implement `Vocabulary` and `Context`.
 
-Threading: `Backend.open`, `Context.decode` and `Context.logits_row` block and run in a worker
-thread (`WorkerRunner`, `trio.to_thread.run_sync` in production), one at a time per context; the
+Images: a model with a vision projector also has a `Projector` (`Backend.open_projector`, an
+mtmd context in production, `power.engine.projector`). It tokenises a prompt made of text and
+image bytes (decoding PNG/JPEG/... on the way) into token ids and `ImageChunk`s, and encodes one
+chunk into an `EmbeddingBatch` that `Context.decode_embeddings` evaluates in a sequence's KV cells.
+
+Threading: `Backend.open`, `Context.decode_batch`, `Context.decode_embeddings`,
+`Context.logits_row`, `Projector.tokenize` and `Projector.encode` block and run in a worker
+thread (`WorkerRunner`, `trio.to_thread.run_sync` in production). Decoding and encoding happen one
+at a time per context (the runner's step loop, under the context's limiter); `Projector.tokenize`
+may run in any worker thread at the same time (mtmd's tokenizer only reads its context). The
 sequence operations and token pieces are cheap and run on the trio thread between decodes. None
-of these objects is thread-safe; the runner guarantees that only one thread touches a context at
-a time.
+of these objects is otherwise thread-safe; the runner guarantees that only one thread touches a
+context at a time.
 
 Ownership: what `open` returns belongs to the caller, who calls `context.close()` and then
-`model.close()` once nothing decodes any more (`LoadedModel.close`).
+`model.close()` once nothing decodes any more (`LoadedModel.close`); a projector is closed
+before the context. An `ImageChunk`'s backend handle frees itself when the chunk is garbage
+(it may outlive the projector that made it).
 """
 
 from __future__ import annotations
@@ -38,6 +48,37 @@ class BatchEntry:
     tokens: Sequence[int]
     start_pos: int
     wants_logits: bool
+
+
+@attrs.frozen(eq=False)
+class ImageChunk:
+    """One image as the projector tokenised it: `n_tokens` embeddings that take `n_pos`
+    positions in the sequence (more tokens than positions with M-RoPE), and `key`, a digest of
+    what the embeddings depend on (the image's bytes and its place among that image's chunks), so
+    that equal keys mean equal embeddings. `handle` is the backend's (an mtmd chunk)."""
+
+    key: str
+    n_tokens: int
+    n_pos: int
+    handle: Any = None
+
+
+@attrs.frozen(eq=False)
+class EmbeddingBatch:
+    """An encoded image ready to be evaluated in sequence `seq_id`: `embeddings` is
+    float32[n_tokens, n_embd]; `positions` int32[n_pos_per_embd * n_tokens] (section-major: all
+    tokens' first position component, then the second...; one component without M-RoPE);
+    `non_causal`: the image's tokens attend to each other both ways (decode them alone)."""
+
+    seq_id: int
+    start_pos: int
+    embeddings: np.ndarray
+    positions: np.ndarray
+    non_causal: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.embeddings.shape[0])
 
 
 class Vocabulary(Protocol):
@@ -83,8 +124,15 @@ class Context(Protocol):
         backend refuses them (the KV cache is then as before the call)."""
         ...
 
+    def decode_embeddings(self, batch: EmbeddingBatch, wants_logits: bool) -> None:
+        """Evaluate an encoded image in its sequence's cells (split into decodes of at most
+        `n_batch` embeddings); when `wants_logits`, the logits of its last embedding are
+        `logits_row(-1)` afterwards. Raises `DecodeError` when the backend refuses it."""
+        ...
+
     def logits_row(self, row: int) -> np.ndarray:
-        """float32[n_vocab] logits of batch row `row` of the last decode; valid until the next."""
+        """float32[n_vocab] logits of batch row `row` of the last decode (-1: its last row with
+        logits); valid until the next."""
         ...
 
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
@@ -98,11 +146,34 @@ class Context(Protocol):
     def close(self) -> None: ...
 
 
+class Projector(Protocol):
+    """A model's vision projector (an mtmd context in production)."""
+
+    def tokenize(
+        self, parts: Sequence[str | bytes], *, add_special: bool
+    ) -> list[int | ImageChunk]:
+        """The prompt made of `parts` (text, and image files as bytes) as token ids and image
+        chunks, in order (special tokens in the text are parsed; the projector adds what its
+        model wraps an image in). Raises `EngineError` (400) for an image it cannot decode."""
+        ...
+
+    def encode(self, image: ImageChunk, seq_id: int, start_pos: int) -> EmbeddingBatch:
+        """Run the vision encoder on `image` for sequence `seq_id` at `start_pos`; raises
+        `DecodeError` when it fails."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Backend(Protocol):
     """Opens models: `open(spec)` blocks (a worker thread calls it) and returns the vocabulary
-    and a context sized by `power.engine.loadspec.context_plan`, or raises."""
+    and a context sized by `power.engine.loadspec.context_plan`, or raises.
+    `open_projector(spec, model)` loads `spec.projector_path` beside the opened model (only
+    called when the spec has one)."""
 
     def open(self, spec: LoadSpec) -> tuple[Vocabulary, Context]: ...
+
+    def open_projector(self, spec: LoadSpec, model: Vocabulary) -> Projector: ...
 
 
 #: How blocking backend calls leave the trio thread: `await run_sync(fn, *args, limiter=...)`.

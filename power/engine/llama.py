@@ -36,7 +36,7 @@ import attrs  # noqa: E402
 import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from power.engine.backend import BatchEntry  # noqa: E402
+from power.engine.backend import BatchEntry, EmbeddingBatch  # noqa: E402
 from power.engine.loadspec import LoadSpec, context_plan  # noqa: E402
 from power.engine.types import DecodeError  # noqa: E402
 
@@ -355,6 +355,42 @@ class LlamaContext:
         if status != 0:
             raise DecodeError(f"llama_decode failed with status {status}")
 
+    def decode_embeddings(self, batch: EmbeddingBatch, wants_logits: bool) -> None:
+        """The `Context` protocol's image evaluation: `batch`'s embeddings at its positions in
+        its sequence, `n_batch` at a time (a non-causal image attends to itself both ways);
+        the logits of the last embedding are `logits_row(-1)` when `wants_logits`."""
+        n_total = batch.n_tokens
+        n_pos_per_embd = len(batch.positions) // max(n_total, 1)
+        positions = batch.positions.reshape(n_pos_per_embd, n_total)
+        seq = (llama_cpp.llama_seq_id * 1)(batch.seq_id)
+        seq_pointer = ctypes.cast(seq, ctypes.POINTER(llama_cpp.llama_seq_id))
+        if batch.non_causal:
+            llama_cpp.llama_set_causal_attn(self.handle, False)
+        try:
+            for i0 in range(0, n_total, self.n_batch):
+                i1 = min(i0 + self.n_batch, n_total)
+                n = i1 - i0
+                embd = np.ascontiguousarray(batch.embeddings[i0:i1], dtype=np.float32)
+                pos = np.ascontiguousarray(positions[:, i0:i1], dtype=np.int32).reshape(-1)
+                n_seq_id = np.ones(n, dtype=np.int32)
+                logits = np.zeros(n, dtype=np.int8)
+                if wants_logits and i1 == n_total:
+                    logits[-1] = 1
+                raw = llama_cpp.llama_batch()
+                raw.n_tokens = n
+                raw.token = None
+                raw.embd = embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+                raw.pos = pos.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_pos))
+                raw.n_seq_id = n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+                raw.seq_id = (ctypes.POINTER(llama_cpp.llama_seq_id) * n)(*[seq_pointer] * n)
+                raw.logits = logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+                status = llama_cpp.llama_decode(self.handle, raw)
+                if status != 0:
+                    raise DecodeError(f"llama_decode failed with status {status} on an image")
+        finally:
+            if batch.non_causal:
+                llama_cpp.llama_set_causal_attn(self.handle, True)
+
     def logits_row(self, i: int) -> np.ndarray:
         """A numpy view of the logits of batch row `i`; valid until the next decode."""
         ptr = llama_cpp.llama_get_logits_ith(self.handle, i)
@@ -495,6 +531,21 @@ class LlamaBackend:
             model.close()
             raise
         return model, context
+
+    def open_projector(self, spec: LoadSpec, model: LlamaModel):  # -> LlamaProjector
+        """Load `spec.projector_path` beside `model` (blocking)."""
+        from power.engine.projector import LlamaProjector
+
+        assert spec.projector_path is not None
+        _recent_problems.clear()
+        return LlamaProjector(
+            spec.projector_path,
+            model.handle,
+            n_threads=spec.num_thread or default_threads(),
+            use_gpu=spec.num_gpu != 0 and gpu_device_count() > 0,
+            log_callback=_log_callback,
+            reason=_reason,
+        )
 
 
 LLAMA = LlamaBackend()

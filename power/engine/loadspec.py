@@ -60,6 +60,7 @@ class LoadSpec:
 
     model_path: str
     adapters: tuple[str, ...] = ()
+    projector_path: str | None = None  # a vision projector (mmproj GGUF) loaded beside the model
     num_ctx: int = 4096
     num_batch: int = 512
     num_gpu: int = -1
@@ -84,6 +85,7 @@ class LoadSpec:
         kv_cache_type: str = "f16",
         flash_attention: bool | None = None,
         n_ctx_train: int | None = None,
+        projector_path: str | Path | None = None,
     ) -> LoadSpec:
         """The spec for `options`, checked (OptionError) and normalised by the rules above.
 
@@ -105,6 +107,7 @@ class LoadSpec:
         return cls(
             model_path=str(model_path),
             adapters=tuple(str(a) for a in adapters),
+            projector_path=None if projector_path is None else str(projector_path),
             kv_cache_type=kv_cache_type,
             num_parallel=n_seq,
             **values,

@@ -6,6 +6,10 @@
 
 `generate` is an async generator: wrap it in `contextlib.aclosing` (or let the `async for` run
 to the end) so that leaving early releases the sequence at once rather than at garbage collection.
+
+A model loaded with a vision projector (`LoadSpec.projector_path`) takes images: build the
+prompt with `tokenize_with_images([text, image_bytes, text, ...])` and pass the result to
+`generate` as `GenerationParams(prompt=..., images=...)`.
 """
 
 from __future__ import annotations
@@ -20,8 +24,16 @@ from typing import Any
 import numpy as np
 import trio
 
-from power.engine.backend import Backend, BatchEntry, Context, Vocabulary, WorkerRunner
+from power.engine.backend import (
+    Backend,
+    BatchEntry,
+    Context,
+    Projector,
+    Vocabulary,
+    WorkerRunner,
+)
 from power.engine.loadspec import LoadSpec, clamp_num_ctx
+from power.engine.multimodal import PromptImage, build_prompt
 from power.engine.runner import Runner
 from power.engine.sampling import SequenceSampler
 from power.engine.types import Chunk, EmbedResult, EngineError, GenerationParams
@@ -39,11 +51,12 @@ def _default_backend() -> Backend:
 
 
 class LoadedModel:
-    """Owns a model's vocabulary, its context and (for generative models) its `Runner`.
+    """Owns a model's vocabulary, its context, its vision projector if it has one, and (for
+    generative models) its `Runner`.
 
     Build with `await LoadedModel.open(spec)` (loads in a worker thread), start its loop with
     `nursery.start(model.run)`, and `close()` once the loop task has ended: `close` frees the
-    context and the weights, and nothing else does.
+    projector, the context and the weights, and nothing else does.
     """
 
     def __init__(
@@ -53,10 +66,12 @@ class LoadedModel:
         context: Context,
         *,
         run_sync: WorkerRunner | None = None,
+        projector: Projector | None = None,
     ) -> None:
         self.spec = spec
         self.model = model
         self.context = context
+        self.projector = projector
         self.limiter = trio.CapacityLimiter(1)
         self.run_sync: WorkerRunner = run_sync or trio.to_thread.run_sync
         self.is_embedding = context.is_embedding
@@ -75,6 +90,7 @@ class LoadedModel:
                 n_ctx_seq=n_ctx_seq,
                 limiter=self.limiter,
                 run_sync=self.run_sync,
+                projector=projector,
             )
         self.load_duration_ns = 0
         self.loaded_at_ns = 0
@@ -99,23 +115,32 @@ class LoadedModel:
         run_sync = run_sync or trio.to_thread.run_sync
         t0 = time.perf_counter_ns()
         opened: list[tuple[Vocabulary, Context]] = []
+        projectors: list[Projector] = []
 
         def open_sync() -> None:
             opened.append(backend.open(spec))
+            if spec.projector_path is not None:
+                projectors.append(backend.open_projector(spec, opened[0][0]))
+
+        def close_opened() -> None:
+            for projector in projectors:
+                projector.close()
+            for model, context in opened:
+                context.close()
+                model.close()
 
         try:
             await run_sync(open_sync)
         except BaseException:
-            for model, context in opened:
-                context.close()
-                model.close()
+            close_opened()
             raise
         model, context = opened[0]
         try:
-            loaded = cls(spec, model, context, run_sync=run_sync)
+            loaded = cls(
+                spec, model, context, run_sync=run_sync, projector=(projectors or [None])[0]
+            )
         except BaseException:
-            context.close()
-            model.close()
+            close_opened()
             raise
         loaded.load_duration_ns = time.perf_counter_ns() - t0
         loaded.loaded_at_ns = time.perf_counter_ns()
@@ -129,8 +154,10 @@ class LoadedModel:
         await self.runner.run(task_status=task_status)
 
     def close(self) -> None:
-        """Free the context and the weights. Only after `run` has returned (nothing may be
-        decoding). Idempotent."""
+        """Free the projector, the context and the weights. Only after `run` has returned
+        (nothing may be decoding). Idempotent."""
+        if self.projector is not None:
+            self.projector.close()
         self.context.close()
         self.model.close()
 
@@ -157,6 +184,29 @@ class LoadedModel:
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.model.detokenize(tokens)
+
+    @property
+    def has_vision(self) -> bool:
+        return self.projector is not None
+
+    async def tokenize_with_images(
+        self, parts: list[str | bytes], *, add_special: bool = True
+    ) -> tuple[list[int], tuple[PromptImage, ...]]:
+        """A prompt of text and images (`parts`: strings, and image files as bytes) as token ids
+        with image placeholders, and its images (see `power.engine.multimodal`). The images are
+        decoded and tokenised in a worker thread, beside whatever the model is decoding.
+
+        Raises EngineError: 400 when the model has no vision projector or an image cannot be
+        decoded."""
+        projector = self.projector
+        if projector is None:
+            raise EngineError("this model does not support images", status=400)
+
+        def tokenize() -> list:
+            return projector.tokenize(parts, add_special=add_special)
+
+        # no limiter: tokenising (and decoding the image files) runs beside the decode loop
+        return build_prompt(await self.run_sync(tokenize))
 
     def fim_tokens(self, prefix: str, suffix: str) -> list[int]:
         """A fill-in-the-middle prompt from the vocabulary's FIM tokens (prefix, suffix, middle)."""
@@ -315,8 +365,10 @@ async def load(
     adapters: tuple[str, ...] = (),
     kv_cache_type: str = "f16",
     backend: Backend | None = None,
+    projector: str | Path | None = None,
 ) -> AsyncIterator[LoadedModel]:
-    """Load a GGUF file and run its step loop for the duration of the `async with` block.
+    """Load a GGUF file (and a vision projector GGUF beside it, if given) and run its step loop
+    for the duration of the `async with` block.
 
     Raises OptionError for a load option out of range (see `power.engine.loadspec` for the
     values that are adjusted instead)."""
@@ -326,6 +378,7 @@ async def load(
         adapters=adapters,
         num_parallel=num_parallel,
         kv_cache_type=kv_cache_type,
+        projector_path=projector,
     )
     loaded = await LoadedModel.open(spec, backend=backend)
     try:

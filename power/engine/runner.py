@@ -10,6 +10,11 @@ so the loop runs on the CPU with a fake backend in tests.
 
 The loop never awaits a consumer. A `Collector` merges what arrives while its reader is slow.
 
+Images (`power.engine.multimodal`): when a prompting sequence reaches an image, the loop runs an
+image step before the text step: one worker call encodes that image with the model's
+`Projector` and evaluates its embeddings alone in the sequence's cells (sampling at once if the
+image ends the prompt). Text chunks and the other sequences go on in the text step that follows.
+
 Errors stay with their sequence: an exception while sampling, detokenising or matching stops
 fails that one generation (`SamplingError`, an `EngineError`) and the others go on; a failed
 decode fails the sequences of that batch only (their KV cells are dropped). Only an error in the
@@ -33,8 +38,9 @@ from typing import Any
 
 import trio
 
-from power.engine.backend import BatchEntry, Context, Vocabulary, WorkerRunner
+from power.engine.backend import BatchEntry, Context, Projector, Vocabulary, WorkerRunner
 from power.engine.generation import Collector, Generation, GenerationState
+from power.engine.multimodal import check_prompt, fit_prompt, text_tokens
 from power.engine.sampling import SequenceSampler, VocabInfo
 from power.engine.scheduler import Scheduler, Slot, SlotState, StepPlan
 from power.engine.types import (
@@ -69,9 +75,11 @@ class Runner:
         limiter: trio.CapacityLimiter | None = None,
         run_sync: WorkerRunner | None = None,
         clock_ns: Callable[[], int] = time.perf_counter_ns,
+        projector: Projector | None = None,
     ) -> None:
         self.model = model
         self.context = context
+        self.projector = projector
         self.n_ctx_seq = n_ctx_seq
         self.scheduler = Scheduler(n_slots, n_ctx_seq, context.n_batch)
         self.limiter = limiter or trio.CapacityLimiter(1)
@@ -107,7 +115,13 @@ class Runner:
         prompt = list(params.prompt)
         if not prompt:
             raise EngineError("empty prompt", status=400)
-        if min(prompt) < 0 or max(prompt) >= self.model.n_vocab:
+        if params.images:
+            if self.projector is None:
+                raise EngineError("this model has no vision projector", status=400)
+            check_prompt(
+                prompt, {image.start_id: image for image in params.images}, self.model.n_vocab
+            )
+        elif min(prompt) < 0 or max(prompt) >= self.model.n_vocab:
             raise EngineError("prompt holds a token outside the vocabulary", status=400)
         truncated = False
         limit = max(1, self.n_ctx_seq - 1)  # room for at least one generated token
@@ -122,11 +136,12 @@ class Runner:
             n_keep = limit // 2 if num_keep < 0 else max(0, min(num_keep, limit // 2))
             if self.model.add_bos and prompt[0] == self.model.bos:
                 n_keep = max(n_keep, 1)
-            prompt = prompt[:n_keep] + prompt[len(prompt) - (limit - n_keep) :]
+            prompt = fit_prompt(prompt, limit, n_keep)  # images stay whole (or go)
             truncated = True
             log.warning("prompt truncated to %d tokens (num_ctx %d)", len(prompt), self.n_ctx_seq)
         generation = Generation(params, sampler, truncated, prompt)
-        sampler.observe(prompt)  # repeat penalties look back into the prompt, as llama.cpp does
+        # repeat penalties look back into the prompt, as llama.cpp does (text only)
+        sampler.observe(text_tokens(prompt) if params.images else prompt)
         self.scheduler.submit(generation)
         self._wake.set()
         return generation
@@ -156,25 +171,33 @@ class Runner:
                     continue
                 self._admit()
                 self._shift()
+                image = self.scheduler.plan_image()
+                if image is not None:  # evaluated alone, before the text step
+                    await self._step(image, self._execute_image)
                 plan = self.scheduler.plan()
                 if not plan.entries:
-                    await self._wait_for_work()  # nothing decodable until something changes
+                    if image is None:
+                        await self._wait_for_work()  # nothing decodable until something changes
                     continue
-                try:
-                    sampled, costly = await self.run_sync(self._execute, plan, limiter=self.limiter)
-                except DecodeError as exc:
-                    self._fail_plan(plan, exc)
-                    continue
-                if costly:
-                    await self._sample_costly(costly, sampled)
-                self._commit(plan, sampled)
-                self.n_steps += 1
+                await self._step(plan, self._execute)
         except Exception as exc:  # the loop must never take the server down with it
             log.exception("model runner failed")
             self.broken = exc
             self._fail_all(EngineError(f"model runner failed: {exc}"))
         finally:
             self._fail_all(EngineError("model unloaded"))
+
+    async def _step(self, plan: StepPlan, execute: Callable[[StepPlan], Any]) -> None:
+        """Decode `plan` with `execute` in the worker thread, sample, commit."""
+        try:
+            sampled, costly = await self.run_sync(execute, plan, limiter=self.limiter)
+        except DecodeError as exc:
+            self._fail_plan(plan, exc)
+            return
+        if costly:
+            await self._sample_costly(costly, sampled)
+        self._commit(plan, sampled)
+        self.n_steps += 1
 
     async def _wait_for_work(self) -> None:
         self._wake = trio.Event()
@@ -299,6 +322,30 @@ class Runner:
             sampled[slot.seq_id] = self._sample_guarded(gen, row)
         return sampled, costly
 
+    def _execute_image(self, plan: StepPlan) -> tuple[Sampled, list[tuple[Slot, int]]]:
+        """Worker thread: encode the plan's one image and evaluate it in its sequence's cells;
+        sample as `_execute` does when the image ends the prompt (its logits are row -1)."""
+        (entry,) = plan.entries
+        slot = entry.slot
+        gen: Generation = slot.request
+        image = next(i for i in gen.params.images if i.start_id == entry.tokens[0])
+        assert self.projector is not None  # submit refused images without one
+        try:
+            batch = self.projector.encode(image.chunk, slot.seq_id, entry.start_pos)
+            self.context.decode_embeddings(batch, entry.wants_logits)
+        except DecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this image failed, not the context
+            raise DecodeError(f"image evaluation failed: {type(exc).__name__}: {exc}") from exc
+        sampled: Sampled = {}
+        costly: list[tuple[Slot, int]] = []
+        if entry.wants_logits and not (gen.cancel_requested or gen.done):
+            if gen.costly:
+                costly.append((slot, -1))
+            else:
+                sampled[slot.seq_id] = self._sample_guarded(gen, -1)
+        return sampled, costly
+
     def _sample_guarded(self, gen: Generation, row: int) -> tuple[int, Any] | BaseException:
         try:
             return self._sample_one(gen, row)
@@ -419,7 +466,8 @@ class Runner:
                 prompt_eval_duration=max(0, t_prompt_end - gen.t_prompt_start),
                 eval_count=len(gen.generated),
                 eval_duration=max(0, now - t_prompt_end),
-                context=tuple(gen.prompt) + tuple(gen.generated),
+                context=tuple(text_tokens(gen.prompt) if gen.params.images else gen.prompt)
+                + tuple(gen.generated),
                 truncated=gen.truncated,
                 stop_sequence=gen.stops.matched,
             )

@@ -11,6 +11,10 @@ Slot lifecycle::
 
 An IDLE slot keeps the KV cells of its last sequence (`cached`): a new request whose prompt
 starts with those tokens reuses them and evaluates only the rest (the prompt cache).
+
+Images (`power.engine.multimodal`): a prompt's image is a run of placeholder ids. Reuse lengths
+and context shifts never split one; `plan` stops a sequence's text chunk before its next image,
+and `plan_image` hands out one image at a time, to be evaluated alone.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from collections import deque
 from typing import Any
 
 import attrs
+
+from power.engine.multimodal import is_image_start, span_end, span_start, text_run
 
 
 class SlotState(enum.Enum):
@@ -115,6 +121,7 @@ class Scheduler:
         self.waiting: deque[Any] = deque()
         self._step = 0
         self._rotate = 0
+        self._rotate_images = 0
 
     # ------------------------------------------------------------------ queries
     @property
@@ -151,14 +158,15 @@ class Scheduler:
             prompt: list[int] = request.prompt
             limit = max(len(prompt) - 1, 0)  # at least one token is evaluated, for logits
             best = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
-            n_reuse = min(common_prefix(best.cached, prompt), limit)
+            # an image is reused whole or evaluated again whole
+            n_reuse = span_start(prompt, min(common_prefix(best.cached, prompt), limit))
             copy_from = None
             # a longer prefix held by another sequence (busy or not) is shared by copying its
             # cells (cheap in a unified KV cache), e.g. a system prompt common to many requests
             for other in self.slots:
                 if other is best:
                     continue
-                n_other = min(common_prefix(other.cached, prompt), limit)
+                n_other = span_start(prompt, min(common_prefix(other.cached, prompt), limit))
                 if n_other >= n_reuse + self.min_shared_prefix:
                     copy_from, n_reuse = other.seq_id, n_other
             best.cached = list(prompt[:n_reuse]) if copy_from is not None else best.cached[:n_reuse]
@@ -190,8 +198,9 @@ class Scheduler:
             if slot.n_past + 1 <= self.n_ctx_seq:
                 continue
             allowed, n_keep = can_shift(slot)
-            n_keep = max(0, min(n_keep, slot.n_past - 2))
+            n_keep = span_start(slot.cached, max(0, min(n_keep, slot.n_past - 2)))
             n_discard = (slot.n_past - n_keep) // 2
+            n_discard = span_end(slot.cached, n_keep + n_discard) - n_keep  # whole images only
             if allowed and n_discard > 0:
                 shifts.append(Shift(slot, n_keep, n_discard))
                 del slot.cached[n_keep : n_keep + n_discard]
@@ -208,7 +217,11 @@ class Scheduler:
             if slot.state is SlotState.GENERATING and slot.next_token is not None:
                 plan.entries.append(PlanEntry(slot, [slot.next_token], slot.n_past, True))
                 budget -= 1
-        prompting = [s for s in self.slots if s.state is SlotState.PROMPT and s.pending]
+        prompting = [
+            s
+            for s in self.slots
+            if s.state is SlotState.PROMPT and s.pending and not is_image_start(s.pending[0])
+        ]
         if prompting and budget > 0:
             k = self._rotate % len(prompting)
             prompting = prompting[k:] + prompting[:k]
@@ -219,12 +232,28 @@ class Scheduler:
                     break
                 share = max(1, budget // remaining)
                 remaining -= 1
-                n = min(len(slot.pending), share)
+                n = text_run(slot.pending, share)  # up to the next image, if any
                 chunk = slot.pending[:n]
                 last = n == len(slot.pending)
                 plan.entries.append(PlanEntry(slot, chunk, slot.n_past, last))
                 budget -= n
         return plan
+
+    def plan_image(self) -> StepPlan | None:
+        """One image that a prompting slot has reached (its next pending entries), alone in a
+        plan; slots take turns. None when no slot waits on an image."""
+        waiting = [
+            s
+            for s in self.slots
+            if s.state is SlotState.PROMPT and s.pending and is_image_start(s.pending[0])
+        ]
+        if not waiting:
+            return None
+        slot = waiting[self._rotate_images % len(waiting)]
+        self._rotate_images += 1
+        n = span_end(slot.pending, 1)
+        last = n == len(slot.pending)
+        return StepPlan([PlanEntry(slot, slot.pending[:n], slot.n_past, last)])
 
     def commit(self, plan: StepPlan, sampled: dict[int, int | None]) -> None:
         """Record what a decoded plan stored. `sampled[seq_id]` is the next token of each slot

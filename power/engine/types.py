@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import attrs
 
 from power.engine.errors import DecodeError, EngineError, SamplingError
 from power.options import Options
+
+if TYPE_CHECKING:
+    from power.engine.multimodal import PromptImage
 
 __all__ = [
     "Chunk",
@@ -52,7 +56,9 @@ class GenerationParams:
 
     `truncate`: when the prompt does not fit the context, keep its first `num_keep` tokens and its
     end (True), or refuse (False). `shift`: when generation fills the context, drop half of what
-    follows `num_keep` and go on (True), or stop with `length` (False).
+    follows `num_keep` and go on (True), or stop with `length` (False). `images`: the images whose
+    placeholder ids the prompt holds (see `power.engine.multimodal`), from
+    `LoadedModel.tokenize_with_images`.
     """
 
     prompt: tuple[int, ...]
@@ -62,6 +68,7 @@ class GenerationParams:
     top_logprobs: int = 0
     truncate: bool = True
     shift: bool = True
+    images: tuple[PromptImage, ...] = ()
 
 
 @attrs.frozen
@@ -69,9 +76,10 @@ class Chunk:
     """A piece of a generation's output. The last one has `done=True` and the metrics.
 
     Durations are nanoseconds. `context` (on the last chunk) is the prompt plus every generated
-    token, for Ollama's `context` field. `prompt_eval_count` is the whole prompt, as Ollama
-    reports it (cached tokens included); `prompt_cached_count` of those came from the KV cache
-    (a previous turn, or another sequence's shared prefix) and were not evaluated again.
+    token, for Ollama's `context` field (images left out: a context holds text only).
+    `prompt_eval_count` is the whole prompt, as Ollama reports it (cached tokens included);
+    `prompt_cached_count` of those came from the KV cache (a previous turn, or another
+    sequence's shared prefix) and were not evaluated again.
     """
 
     text: str = ""

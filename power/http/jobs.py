@@ -13,6 +13,13 @@ Ollama's own compatibility layer does. `merge_stream` turns a whole stream into 
 A generation's path: `running.resolve_model` → `running.effective_options` → the prompt
 (`power.prompt.model`) → tokenize → `running.use_model` → `model.generate` → each engine chunk
 through `power.prompt.output.OutputShaper` (thinking, tool calls) → native chunks.
+
+Images (`images` of /api/generate and of chat messages, already decoded from base64 at the edge):
+the prompt is rendered with Ollama's `[img-N]` tags (`power.prompt.images`), cut at the tags
+into text and image parts, and tokenised by the model's projector
+(`LoadedModel.tokenize_with_images`, in a worker thread); a tag without an image, or an image
+the projector cannot decode, is a 400 before anything is generated. In `raw` mode a prompt
+without tags gets the images in front of it.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from power.http.schemas import ChatRequest, GenerateRequest, RequestError, tool_
 from power.http.state import ServerState
 from power.http.streaming import rfc3339_now
 from power.messages import Tool, ToolChoiceMode
-from power.prompt.model import chat_prompt, generate_prompt, tool_call_hint
+from power.prompt.images import has_tags, split_at_tags
+from power.prompt.model import chat_images, chat_prompt, generate_prompt, tool_call_hint
 from power.prompt.output import OutputShaper
 from power.prompt.render import template_uses
 
@@ -67,7 +75,24 @@ def _check_runnable(ref: ModelRef, images: list[bytes]) -> None:
             raise RequestError(
                 400, f'"{ref.name}" does not support images (the model has no vision support)'
             )
-        raise RequestError(501, "image input is not supported by this power build yet")
+        if ref.resolved.projector_path is None:
+            raise RequestError(
+                501,
+                f'"{ref.name}" has its vision encoder inside its model file (Ollama\'s own '
+                "format), which power cannot run: import the model with a separate projector "
+                "(mmproj) GGUF to use images",
+            )
+
+
+def _image_parts(prompt_text: str, images: list[bytes]) -> list[str | bytes] | None:
+    """The rendered prompt cut at its `[img-N]` tags (None without images); 400 for a tag
+    without an image."""
+    if not images:
+        return None
+    try:
+        return split_at_tags(prompt_text, images)
+    except ValueError as exc:
+        raise RequestError(400, str(exc)) from None
 
 
 def _empty_answer(ref: ModelRef, kind: str) -> dict[str, Any]:
@@ -87,7 +112,10 @@ async def generate_job(
     options = effective_options(state, ref, req.options)
     if not req.prompt and not req.images and not req.suffix and not debug:
         return await _load_or_unload(state, ref, options, req.keep_alive, kind="generate")
-    _check_runnable(ref, req.images)
+    images = list(req.images)
+    _check_runnable(ref, images)
+    if images and req.suffix:
+        raise RequestError(400, "images cannot be combined with suffix (fill-in-the-middle)")
     think = think_enabled(ref, req.think)
     template = req.template or ref.resolved.template
     fim = False
@@ -107,29 +135,38 @@ async def generate_job(
                     system=req.system,
                     suffix=req.suffix,
                     think=req.think,
+                    n_images=len(images),
                 )
             except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
                 raise RequestError(400, f"template error: {exc}") from None
+    elif images and not has_tags(prompt_text):
+        prompt_text = "".join(f"[img-{i}]" for i in range(len(images))) + prompt_text
     if debug:
         if fim:
             async with use_model(state, ref, options, req.keep_alive) as model:
                 prompt_text = model.detokenize(model.fim_tokens(req.prompt, req.suffix))
         return _debug_answer(ref, "generate", prompt_text)
     grammar = grammar_for(req.format)
+    parts = _image_parts(prompt_text, images)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async with use_model(state, ref, options, req.keep_alive) as model:
             try:
+                prompt_images = ()
                 if fim:
                     tokens = model.fim_tokens(req.prompt, req.suffix)
                 else:
                     n_vocab = model.model.n_vocab
                     if any(not 0 <= t < n_vocab for t in req.context):
                         raise RequestError(400, f"context holds token ids outside 0..{n_vocab - 1}")
-                    tokens = list(req.context) + model.tokenize(
-                        prompt_text, add_special=not req.context
-                    )
-                params = generation_params(tokens, options, grammar, req)
+                    if parts is not None:
+                        tokens, prompt_images = await model.tokenize_with_images(
+                            parts, add_special=not req.context
+                        )
+                    else:
+                        tokens = model.tokenize(prompt_text, add_special=not req.context)
+                    tokens = list(req.context) + tokens
+                params = generation_params(tokens, options, grammar, req, images=prompt_images)
                 shaper = (
                     OutputShaper(think=True, tools=[], template_hint=None, prompt=prompt_text)
                     if think
@@ -165,7 +202,8 @@ async def chat_job(
     options = effective_options(state, ref, req.options)
     if not req.messages and not debug:
         return await _load_or_unload(state, ref, options, req.keep_alive, kind="chat")
-    _check_runnable(ref, [img for m in req.messages for img in m.images])
+    images = chat_images(ref.resolved, req.messages)
+    _check_runnable(ref, images)
     tools = _offered_tools(ref, req)
     think = think_enabled(ref, req.think)
     prompt_text = _chat_prompt_text(ref, req, tools)
@@ -173,11 +211,16 @@ async def chat_job(
         return _debug_answer(ref, "chat", prompt_text)
     hint = tool_call_hint(ref.resolved, ref.info)
     grammar = _chat_grammar(req, tools, hint, think=think, prompt_text=prompt_text)
+    parts = _image_parts(prompt_text, images)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async with use_model(state, ref, options, req.keep_alive) as model:
             try:
-                params = generation_params(model.tokenize(prompt_text), options, grammar, req)
+                if parts is not None:
+                    tokens, prompt_images = await model.tokenize_with_images(parts)
+                else:
+                    tokens, prompt_images = model.tokenize(prompt_text), ()
+                params = generation_params(tokens, options, grammar, req, images=prompt_images)
                 shaper = OutputShaper(
                     think=think, tools=tools, template_hint=hint, prompt=prompt_text
                 )
@@ -347,7 +390,9 @@ async def stream_generation(
                 out["prompt_truncated"] = True
             if kind == "generate" and with_context:
                 out["context"] = list(chunk.context)
-            state.metrics.record_generation(ref.name, chunk.prompt_eval_count, chunk.eval_count)
+            state.metrics.record_generation(
+                ref.name, chunk.prompt_eval_count, chunk.eval_count, chunk.prompt_cached_count
+            )
             yield out
 
 

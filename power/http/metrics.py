@@ -52,7 +52,16 @@ class Metrics:
             registry=self.registry,
         )
         self.tokens_in = Counter(
-            "power_prompt_tokens", "Prompt tokens evaluated", ["model"], registry=self.registry
+            "power_prompt_tokens",
+            "Prompt tokens (cached ones included)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.tokens_cached = Counter(
+            "power_prompt_cached_tokens",
+            "Prompt tokens taken from the KV cache instead of being evaluated",
+            ["model"],
+            registry=self.registry,
         )
         self.tokens_out = Counter(
             "power_generated_tokens", "Tokens generated", ["model"], registry=self.registry
@@ -79,8 +88,13 @@ class Metrics:
     def model_event(self, kind: str, name: str) -> None:
         self.model_events.labels(event=kind).inc()
 
-    def record_generation(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def record_generation(
+        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+    ) -> None:
+        """One finished request: its whole prompt (`cached_tokens` of it came from the KV
+        cache instead of being evaluated) and what it generated."""
         self.tokens_in.labels(model=model).inc(prompt_tokens)
+        self.tokens_cached.labels(model=model).inc(cached_tokens)
         self.tokens_out.labels(model=model).inc(completion_tokens)
         usage = self.usage[model]
         usage.requests += 1

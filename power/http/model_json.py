@@ -38,7 +38,8 @@ def details_json(details: ModelDetails) -> dict[str, Any]:
 
 def show_json(shown: ModelShow) -> dict[str, Any]:
     """The /api/show answer: license, modelfile, parameters, template, system, details,
-    messages, model_info, capabilities, modified_at (and tensors when verbose)."""
+    messages, model_info, projector_info (a vision model's projector header), capabilities,
+    modified_at (and tensors when verbose)."""
     model, info = shown.model, shown.info
     answer: dict[str, Any] = {}
     if model.license:
@@ -53,6 +54,8 @@ def show_json(shown: ModelShow) -> dict[str, Any]:
     if model.messages:
         answer["messages"] = [{"role": m.role, "content": m.content} for m in model.messages]
     answer["model_info"] = dict(info.model_info) if info is not None else {}
+    if shown.projector_info is not None:
+        answer["projector_info"] = dict(shown.projector_info.model_info)
     if shown.verbose and info is not None:
         answer["tensors"] = [
             {"name": t.name, "type": t.type, "shape": list(t.shape)} for t in info.tensors

@@ -97,6 +97,7 @@ def load_spec(state: ServerState, ref: ModelRef, options: Options) -> LoadSpec:
         ref.resolved.model_path,
         options,
         adapters=tuple(str(p) for p in ref.resolved.adapter_paths),
+        projector_path=ref.resolved.projector_path,
         num_parallel=state.settings.num_parallel,
         kv_cache_type=state.settings.kv_cache_type,
         flash_attention=state.settings.flash_attention,
@@ -160,12 +161,15 @@ def generation_params(
     options: Options,
     grammar: str | None,
     request: GenerateRequest | ChatRequest,
+    *,
+    images: tuple = (),
 ) -> GenerationParams:
     """One generation's parameters: the request's logprobs, truncate and shift (the last two
     default to on); `grammar` comes from `grammar_for`, called before anything loads so that a
-    bad schema is a plain 400."""
+    bad schema is a plain 400; `images` from `LoadedModel.tokenize_with_images`."""
     return GenerationParams(
         prompt=tuple(tokens),
+        images=images,
         options=options,
         grammar=grammar,
         logprobs=request.logprobs,

@@ -10,6 +10,7 @@ what they mean (a 400 at the HTTP edge).
 from __future__ import annotations
 
 from power.messages import Message, Tool
+from power.prompt.images import image_messages, tag_images
 from power.prompt.render import render_chat, render_generate
 from power.registry.gguf_meta import GGUFInfo
 from power.registry.models import ResolvedModel
@@ -41,9 +42,10 @@ def chat_prompt(
     tools: list[Tool],
     think: bool | str | None,
 ) -> str:
-    """The prompt of a chat turn: the model's MESSAGEs, then `messages`, up to the answer."""
+    """The prompt of a chat turn: the model's MESSAGEs, then `messages`, up to the answer.
+    Images are marked with `[img-N]` tags, N counting the images of `chat_images` in order."""
     return render_chat(
-        list(model.messages) + list(messages),
+        tag_images(list(model.messages) + list(messages)),
         template=model.template,
         jinja_template=info.chat_template if not model.template else None,
         system=model.system or None,
@@ -51,6 +53,11 @@ def chat_prompt(
         think=think,
         special_tokens=special_tokens(info),
     )
+
+
+def chat_images(model: ResolvedModel, messages: list[Message]) -> list[bytes]:
+    """The images of a chat turn, numbered as `chat_prompt` tags them."""
+    return [image for m in list(model.messages) + list(messages) for image in m.images]
 
 
 def generate_prompt(
@@ -62,9 +69,11 @@ def generate_prompt(
     system: str,
     suffix: str,
     think: bool | str | None,
+    n_images: int = 0,
 ) -> str:
     """The prompt of /api/generate (not raw): `template`/`system` are the request's ("" = the
-    model's), `suffix` the fill-in-the-middle suffix ("" = none)."""
+    model's), `suffix` the fill-in-the-middle suffix ("" = none); each of `n_images` images gets
+    a user message `[img-N]` before the prompt's (as Ollama does)."""
     template = template or model.template or ""
     return render_generate(
         prompt,
@@ -74,5 +83,5 @@ def generate_prompt(
         suffix=suffix or None,
         think=think,
         special_tokens=special_tokens(info),
-        messages=list(model.messages) or None,
+        messages=list(model.messages) + image_messages(n_images) or None,
     )

@@ -5,8 +5,15 @@ The base comes from one of:
 - `files` `{file name: digest}` naming uploaded blobs: GGUF files (model, projector or adapter,
   told apart by their metadata) or a safetensors folder's files (converted to GGUF);
 - power's extension: `from` a local path (`/…`, `./…`, `../…`, `~/…`) of a GGUF file (copied
-  in) or of a safetensors folder (converted by `power.convert.converter.convert_folder`). The CLI
-  uses it for `FROM ./folder` when the server runs on the same machine.
+  in), of a safetensors folder (converted by `power.convert.converter.convert_folder`), or of a
+  folder of GGUF files (each copied in: a model and its vision projector). The CLI uses it for
+  `FROM ./folder` of safetensors when the server runs on the same machine.
+- power's extension: `from` together with `files` adds the uploaded vision projector(s) to the
+  base (Ollama ignores `files` when `from` is set): `FROM llava:7b` + `FROM ./mmproj.gguf`.
+
+A vision projector (a GGUF whose `general.type` is `mmproj`/`projector`, or a `clip` file with a
+vision encoder) becomes an `application/vnd.ollama.image.projector` layer beside the model
+layer, as in Ollama's store; a projector added to a base replaces the base's.
 Then `adapters`, an optional `quantize` of the model layer (F16/BF16/F32 sources only, through
 llama.cpp's `llama_model_quantize`), and layers for template, system, license, params and
 messages, as Ollama lays them out (params are merged with inherited ones; the other text
@@ -50,6 +57,7 @@ from power.registry.gguf_meta import (
     is_gguf_file,
     read_gguf_info_cached,
 )
+from power.registry.modelfile import gguf_files_in_folder
 from power.registry.names import ModelName
 from power.registry.store import (
     MEDIA_TYPE_ADAPTER,
@@ -166,6 +174,8 @@ def _build(job: _Job, name: ModelName, request: CreateRequest) -> Manifest:
     base_config: dict[str, Any] = {}
     if request.from_:
         layers, base_config = _from_source(job, request.from_)
+        if request.files:
+            layers = _with_projectors(layers, _from_files(job, request.files, False))
     elif request.files:
         layers = _from_files(job, request.files, False)
     else:
@@ -240,20 +250,14 @@ def _from_source(job: _Job, source: str) -> tuple[list[_Built], dict[str, Any]]:
     if _is_local_path(source):
         path = Path(source).expanduser()
         if path.is_dir():
+            ggufs = gguf_files_in_folder(path)
+            if ggufs:
+                layers = [_local_gguf(job, file, source) for file in ggufs]
+                layers.sort(key=lambda built: built.layer.media_type == MEDIA_TYPE_PROJECTOR)
+                return layers, {}
             return [_convert(job, path)], {}
         if path.is_file():
-            if not is_gguf_file(path):
-                raise CreateError("supplied file was not in GGUF format")
-            job.emit("parsing GGUF")
-            digest = _own_blob_digest(store, path)
-            new = False
-            if digest is not None:
-                job.pins.add([digest])
-                if not store.has_blob(digest):
-                    raise CreateError(f"{source}: no such file or folder")
-            else:
-                digest, new = job.store_file(path, move=False)
-            return [_gguf_layer(store, digest, False, _status(digest, new))], {}
+            return [_local_gguf(job, path, source)], {}
         raise CreateError(f"{source}: no such file or folder")
     source_name = ModelName.parse(source)
     with store.lock():  # so no delete comes between reading and pinning
@@ -282,6 +286,36 @@ def _from_source(job: _Job, source: str) -> tuple[list[_Built], dict[str, Any]]:
         except ValueError:
             base_config = {}
     return layers, base_config
+
+
+def _local_gguf(job: _Job, path: Path, source: str) -> _Built:
+    """A layer for the GGUF file at `path`, copied into the store (unless it is a blob)."""
+    store = job.store
+    if not is_gguf_file(path):
+        raise CreateError("supplied file was not in GGUF format")
+    job.emit("parsing GGUF")
+    digest = _own_blob_digest(store, path)
+    new = False
+    if digest is not None:
+        job.pins.add([digest])
+        if not store.has_blob(digest):
+            raise CreateError(f"{source}: no such file or folder")
+    else:
+        digest, new = job.store_file(path, move=False)
+    return _gguf_layer(store, digest, False, _status(digest, new))
+
+
+def _with_projectors(base: list[_Built], added: list[_Built]) -> list[_Built]:
+    """`base` with the projector layers of `added` (a second FROM beside a model name);
+    they replace the base's projectors. Anything else in `added` is refused."""
+    if any(built.layer.media_type != MEDIA_TYPE_PROJECTOR for built in added):
+        raise CreateError(
+            "a FROM file beside a model name must be a vision projector (mmproj) GGUF"
+        )
+    kept = [built for built in base if built.layer.media_type != MEDIA_TYPE_PROJECTOR]
+    models = [i for i, built in enumerate(kept) if built.layer.media_type == MEDIA_TYPE_MODEL]
+    at = models[-1] + 1 if models else len(kept)  # right after the model, as Ollama lays it out
+    return kept[:at] + added + kept[at:]
 
 
 def _own_blob_digest(store: Store, path: Path) -> str | None:
@@ -338,7 +372,8 @@ def _from_files(job: _Job, files: dict[str, str], is_adapter: bool) -> list[_Bui
         if not is_gguf_file(store.blob_path(digest)):
             raise CreateError("supplied file was not in GGUF format")
         layers.append(_gguf_layer(store, digest, is_adapter, _status(digest, False)))
-    return layers
+    # the model before its projector, whatever the file names (Ollama keeps name order)
+    return sorted(layers, key=lambda built: built.layer.media_type == MEDIA_TYPE_PROJECTOR)
 
 
 def _read_info(path: Path) -> GGUFInfo:

@@ -23,6 +23,7 @@ that value, so `parse_modelfile(format_modelfile(m)) == m`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -60,6 +61,15 @@ class Modelfile:
     @property
     def from_(self) -> str:
         return self.sources[0] if self.sources else ""
+
+
+def gguf_files_in_folder(folder: Path) -> list[Path]:
+    """The GGUF files that `FROM <folder>` stands for (a model and its vision projector), sorted
+    by name; none when the folder holds safetensors (those are converted instead), as Ollama's
+    client decides."""
+    if any(folder.glob("*.safetensors")):
+        return []
+    return sorted(path for path in folder.glob("*.gguf") if path.is_file())
 
 
 # ---------------------------------------------------------------- parsing

@@ -403,7 +403,8 @@ class ModelShow:
 
     `template` is the TEMPLATE layer, else the GGUF's chat template, else Ollama's default;
     `parameters` the PARAMETERs as Ollama prints them; `info` the GGUF header (with the token
-    lists and the tensors when `verbose`), None when the model has none."""
+    lists and the tensors when `verbose`), None when the model has none; `projector_info` the
+    vision projector's GGUF header, None without a projector."""
 
     model: ResolvedModel
     modelfile: str
@@ -411,6 +412,7 @@ class ModelShow:
     template: str
     info: GGUFInfo | None
     verbose: bool
+    projector_info: GGUFInfo | None = None
 
 
 @attrs.define
@@ -431,6 +433,12 @@ def show(store: Store, name: str | ModelName, verbose: bool = False) -> ModelSho
     info = model.info
     if verbose and model.model_path is not None and info is not None:
         info = read_gguf_info(model.model_path, verbose=True)
+    projector_info = None
+    if model.projector_path is not None:
+        try:
+            projector_info = read_gguf_info(model.projector_path, verbose=verbose)
+        except (OSError, ValueError) as error:
+            log.warning("cannot read the projector of %s: %s", model.name.display, error)
     return ModelShow(
         model=model,
         modelfile=modelfile_of(model),
@@ -438,6 +446,7 @@ def show(store: Store, name: str | ModelName, verbose: bool = False) -> ModelSho
         template=model.template or model.chat_template or DEFAULT_TEMPLATE,
         info=info,
         verbose=verbose,
+        projector_info=projector_info,
     )
 
 
