@@ -57,6 +57,10 @@ class LoadSpec:
     flash_attention: bool | None = None
     kv_cache_type: str = "f16"
     num_parallel: int = 4
+    #: RPC workers (host:port) that may hold layers, and the weights of this machine and each
+    #: of them (power.engine.split); not options: server settings
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
     @classmethod
     def from_options(
@@ -118,6 +122,12 @@ class LoadedModel:
 
     @classmethod
     def _open_sync(cls, spec: LoadSpec) -> LoadedModel:
+        if spec.rpc_servers:
+            from power.engine.split import open_split
+
+            split = open_split(spec)  # None when no worker answers: load here alone
+            if split is not None:
+                return cls(spec, *split)
         model = LlamaModel(
             spec.model_path,
             ModelLoadParams(
@@ -188,8 +198,10 @@ class LoadedModel:
         return self.context.n_ctx * self.model.n_layer * self.model.n_embd * 2 * element // 4
 
     def gpu_layers(self) -> int:
-        """Layers offloaded to a GPU (0 on a CPU-only build)."""
-        if not llama_cpp.llama_supports_gpu_offload():
+        """Layers offloaded to a local GPU (0 on a CPU-only build, RPC backend or not)."""
+        from power.engine.rpc import has_local_gpu
+
+        if getattr(self.context, "placement", None) or not has_local_gpu():
             return 0
         if self.spec.num_gpu < 0:
             return self.model.n_layer + 1

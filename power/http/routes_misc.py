@@ -7,6 +7,7 @@ import time
 from quart import Blueprint, Response, jsonify
 
 import power
+from power.engine.rpc import placement_of
 from power.http.app import get_state
 
 blueprint = Blueprint("misc", __name__)
@@ -37,6 +38,7 @@ async def health() -> Response:
                     "active_sequences": inst.loaded.n_active if inst.loaded else 0,
                     "waiting": inst.loaded.n_waiting if inst.loaded else 0,
                     "references": inst.refs,
+                    "devices": placement_of(inst.loaded) if inst.loaded else [],
                 }
                 for inst in manager.running()
             ],
