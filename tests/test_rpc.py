@@ -17,14 +17,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import httpx
 import numpy as np
 import pytest
+import trio
 
 from conftest import GEMMA, free_port, populate_store, run_power_server
 from power.cli.main import main
-from power.engine import rpc
+from power.engine import rpc, split
+from power.engine.model import LoadedModel, LoadSpec
 from power.engine.rpc import RemoteDevice, WorkerStatus
+from power.engine.types import EngineError
+from power.options import Options
 
 # ---------------------------------------------------------------- configuration
 
@@ -339,3 +344,35 @@ def test_split_model_answers_like_a_local_load_and_survives_a_dead_worker(
         ("CPU", None, 10),
         ("RPC0", endpoints[0], 9),
     ]
+
+
+@pytest.mark.slow
+async def test_a_hung_worker_fails_the_decode_after_the_timeout(
+    tmp_path: Path, gemma_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped worker still answers TCP (its kernel does): ggml would wait for ever, so the
+    host is killed when a call takes longer than CALL_TIMEOUT."""
+    monkeypatch.setattr(split, "CALL_TIMEOUT", 3.0)
+    ports = [free_port(), free_port()]
+    workers = [start_worker(p, tmp_path / f"worker-{p}.log", "--threads", "1") for p in ports]
+    spec = attrs.evolve(
+        LoadSpec.from_options(gemma_gguf, Options(num_ctx=256, num_thread=2), num_parallel=1),
+        rpc_servers=tuple(f"127.0.0.1:{p}" for p in ports),
+    )
+    greedy = Options(temperature=0, num_predict=4)
+    model = await LoadedModel.open(spec)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(model.run)
+            assert await model.complete(PROMPT, greedy)
+            os.kill(workers[1].pid, signal.SIGSTOP)
+            t0 = time.monotonic()
+            with pytest.raises(EngineError, match="within 3s"):
+                await model.complete(PROMPT + " 9,", greedy)
+            assert time.monotonic() - t0 < 15
+            assert model.context.state is split.SplitState.LOST
+    finally:
+        model.close()
+        os.kill(workers[1].pid, signal.SIGCONT)
+        for worker in workers:
+            stop(worker)

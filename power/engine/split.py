@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 #: How long loading a split model may take (uploading its layers to the workers included).
 LOAD_TIMEOUT = 300.0
+#: How long one decode (or any other request to the host) may take before the host is deemed
+#: stuck on a hung worker and killed. ggml-rpc has no timeout of its own; a worker whose machine
+#: vanishes is noticed sooner, by TCP keepalive (power.engine.split_host).
+CALL_TIMEOUT = 300.0
 
 
 class WorkerLost(EngineError):
@@ -244,8 +248,9 @@ class SplitContext:
         context.can_shift = value["can_shift"]
         context._move(SplitState.READY)
         log.info(
-            "%s split: %s",
+            "%s split (keepalive on %d worker connections): %s",
             spec.model_path,
+            value["n_keepalive"],
             ", ".join(
                 f"{s.device}{'@' + s.endpoint if s.endpoint else ''} {s.layers}"
                 for s in context.placement
@@ -339,6 +344,14 @@ class SplitContext:
         with self._lock:
             try:
                 self._conn.send((op, *args))
+                if not self._conn.poll(CALL_TIMEOUT):
+                    # a worker that hangs (alive to TCP, silent to ggml): ggml would wait for ever
+                    self.process.kill()
+                    self._move(SplitState.LOST)
+                    raise WorkerLost(
+                        f"no answer from the RPC workers within {CALL_TIMEOUT:.0f}s (one of "
+                        f"{', '.join(self.endpoints)} hangs?); the model will be reloaded"
+                    )
                 status, value = self._conn.recv()
             except (EOFError, OSError) as exc:
                 self._move(SplitState.LOST)

@@ -93,8 +93,7 @@ class Host:
         self.rows = 0
         self.logits: np.ndarray | None = None
         self._map(request["rows"])
-        n_sockets = harden_sockets()
-        log.debug("keepalive set on %d worker connections", n_sockets)
+        self.n_keepalive = harden_sockets()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -110,6 +109,7 @@ class Host:
             "n_ctx_train": self.model.n_ctx_train,
             "n_swa": self.model.n_swa,
             "placement": self.placement(),
+            "n_keepalive": self.n_keepalive,
         }
 
     def placement(self) -> tuple[DeviceShare, ...]:
