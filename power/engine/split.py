@@ -19,6 +19,7 @@ model again, without the workers that no longer answer (on this machine alone if
 
 from __future__ import annotations
 
+import concurrent.futures
 import enum
 import logging
 import mmap
@@ -76,7 +77,8 @@ _ALLOWED = {
 def open_split(spec: LoadSpec) -> tuple[LlamaModel, SplitContext] | None:
     """Load `spec` over the workers of `spec.rpc_servers` that answer now, or None if none does
     (the caller then loads the model on this machine alone). Blocking: call from a thread."""
-    statuses = {endpoint: probe(endpoint) for endpoint in spec.rpc_servers}
+    with concurrent.futures.ThreadPoolExecutor(len(spec.rpc_servers)) as pool:
+        statuses = dict(zip(spec.rpc_servers, pool.map(probe, spec.rpc_servers), strict=True))
     ready = tuple(e for e, status in statuses.items() if status is WorkerStatus.READY)
     for endpoint, status in statuses.items():
         if status is not WorkerStatus.READY:
