@@ -123,5 +123,8 @@ class Settings:
             api_key=os.environ.get("POWER_API_KEY") or None,
             num_thread=int(os.environ.get("POWER_NUM_THREAD", "0") or 0),
             rpc_servers=parse_endpoints(os.environ.get("POWER_RPC_SERVERS")),
-            tensor_split=parse_tensor_split(os.environ.get("POWER_TENSOR_SPLIT")),
+            tensor_split=parse_tensor_split(
+                os.environ.get("POWER_TENSOR_SPLIT"),
+                len(parse_endpoints(os.environ.get("POWER_RPC_SERVERS"))),
+            ),
         )

@@ -51,6 +51,9 @@ def test_tensor_split_weights() -> None:
     for bad in ("a,b", "-1,2", "0,0"):
         with pytest.raises(rpc.RpcError):
             rpc.parse_tensor_split(bad)
+    assert rpc.parse_tensor_split("1,1,1", 2) == (1.0, 1.0, 1.0)
+    with pytest.raises(rpc.RpcError, match="3 weights for this machine and 1 RPC servers"):
+        rpc.parse_tensor_split("1,1,1", 1)
 
 
 def test_a_weight_stays_with_its_worker_when_another_is_left_out() -> None:
@@ -152,6 +155,17 @@ def test_serve_usage_documents_rpc(capsys: pytest.CaptureFixture[str]) -> None:
     assert "POWER_RPC_SERVERS" in text and "POWER_TENSOR_SPLIT" in text
     assert main([]) == 0
     assert "\n  rpc-worker" in capsys.readouterr().out
+
+
+def test_serve_refuses_a_bad_rpc_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("POWER_RPC_SERVERS", "")  # restored after the test: serve --rpc sets it
+    assert main(["serve", "--rpc", "worker-without-port"]) == 1
+    assert "Error: invalid RPC server 'worker-without-port'" in capsys.readouterr().err
+    monkeypatch.setenv("POWER_TENSOR_SPLIT", "")
+    assert main(["serve", "--rpc", "10.0.0.5:50052", "--tensor-split", "1,1,1"]) == 1
+    assert "3 weights for this machine and 1 RPC servers" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -82,8 +82,9 @@ def parse_endpoints(text: str | None) -> tuple[str, ...]:
     return tuple(endpoints)
 
 
-def parse_tensor_split(text: str | None) -> tuple[float, ...]:
-    """`1,2,2` → weights (local device first, then each RPC server); empty for None or ""."""
+def parse_tensor_split(text: str | None, n_servers: int | None = None) -> tuple[float, ...]:
+    """`1,2,2` → weights (this machine first, then each of `n_servers` RPC servers; missing ones
+    count 1, one too many is an error); empty for None or ""."""
     if not text or not text.strip():
         return ()
     try:
@@ -92,6 +93,11 @@ def parse_tensor_split(text: str | None) -> tuple[float, ...]:
         raise RpcError(f"invalid tensor split {text!r}: expected numbers such as 1,1,2") from None
     if any(w < 0 or w != w for w in weights) or not any(w > 0 for w in weights):
         raise RpcError(f"invalid tensor split {text!r}: weights must be >= 0, one of them > 0")
+    if n_servers is not None and len(weights) > 1 + n_servers:
+        raise RpcError(
+            f"tensor split {text!r} has {len(weights)} weights for this machine and "
+            f"{n_servers} RPC servers"
+        )
     return weights
 
 
