@@ -400,8 +400,9 @@ class SplitContext:
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
             if line:
-                self._stderr.append(line)
-                log.debug("%s", line)
+                self._stderr.append(line)  # the last lines say why the host died, if it does
+                own = "llama.cpp: " not in line and (" WARNING " in line or " ERROR " in line)
+                log.log(logging.WARNING if own else logging.DEBUG, "%s", line)
         stream.close()
 
     def _map(self, rows: int) -> None:
