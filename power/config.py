@@ -16,6 +16,8 @@
 | DEBUG                    | unset              | verbose logs (llama.cpp's too)                 |
 | API_KEY (POWER_ only)    | unset              | require `Authorization: Bearer KEY`            |
 | NUM_THREAD (POWER_ only) | all cores          | default num_thread                             |
+| RPC_SERVERS (POWER_ only)| unset              | RPC workers host:port,... that hold layers too |
+| TENSOR_SPLIT (POWER_ only)| equal             | weights: this machine, then each RPC worker    |
 """
 
 from __future__ import annotations
@@ -93,10 +95,13 @@ class Settings:
     debug: bool = False
     api_key: str | None = None
     num_thread: int = 0
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
         from power.durations import parse_keep_alive
+        from power.engine.rpc import parse_endpoints, parse_tensor_split
 
         _, host, port = parse_host(env("HOST"))
         keep_alive = parse_keep_alive(env("KEEP_ALIVE", "5m"))
@@ -117,4 +122,9 @@ class Settings:
             debug=env_flag("DEBUG"),
             api_key=os.environ.get("POWER_API_KEY") or None,
             num_thread=int(os.environ.get("POWER_NUM_THREAD", "0") or 0),
+            rpc_servers=parse_endpoints(os.environ.get("POWER_RPC_SERVERS")),
+            tensor_split=parse_tensor_split(
+                os.environ.get("POWER_TENSOR_SPLIT"),
+                len(parse_endpoints(os.environ.get("POWER_RPC_SERVERS"))),
+            ),
         )

@@ -122,6 +122,13 @@ class ModelLoadParams:
     use_mlock: bool = False
     numa: bool = False
     vocab_only: bool = False
+    #: ggml devices (`ggml_backend_dev_t` addresses) to offload to, e.g. RPC workers' devices;
+    #: empty = llama.cpp's choice. `tensor_split`: their weights, in the same order.
+    devices: tuple[int, ...] = ()
+    tensor_split: tuple[float, ...] = ()
+    #: let the CPU backend repack weights into its faster layouts (llama.cpp's "extra buffer
+    #: types"); RPC devices cannot, so a split model turns it off to compute like its workers
+    cpu_repack: bool = True
 
 
 class LlamaModel:
@@ -137,6 +144,7 @@ class LlamaModel:
             mparams.n_gpu_layers = 999 if llama_cpp.llama_supports_gpu_offload() else 0
         mparams.main_gpu = min(max(params.main_gpu, 0), 2**31 - 1)
         mparams.vocab_only = params.vocab_only
+        mparams.use_extra_bufts = params.cpu_repack
         mode = llama_cpp.LLAMA_LOAD_MODE_AUTO
         if params.use_mmap is False:
             mode = 2 if params.use_mlock else 0  # MLOCK / NONE
@@ -145,6 +153,12 @@ class LlamaModel:
         elif params.use_mmap is True:
             mode = 1  # MMAP
         mparams.load_mode = mode
+        if params.devices:  # NULL-terminated; both arrays only need to outlive the load call
+            devices = (ctypes.c_void_p * (len(params.devices) + 1))(*params.devices, None)
+            mparams.devices = ctypes.cast(devices, ctypes.c_void_p)
+        if params.tensor_split:
+            split = (ctypes.c_float * llama_cpp.llama_max_devices())(*params.tensor_split)
+            mparams.tensor_split = split
         _recent_problems.clear()
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:

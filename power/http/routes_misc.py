@@ -6,6 +6,7 @@ import time
 
 from quart import Blueprint, Response, jsonify
 
+from power.engine.rpc import placement_of
 from power.http.state import get_state
 from power.version import __version__
 
@@ -37,6 +38,7 @@ async def health() -> Response:
                     "active_sequences": inst.loaded.n_active if inst.loaded else 0,
                     "waiting": inst.loaded.n_waiting if inst.loaded else 0,
                     "references": inst.refs,
+                    "devices": placement_of(inst.loaded) if inst.loaded else [],
                 }
                 for inst in manager.running()
             ],

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request
 
+from power.engine.rpc import placement_of
 from power.http.model_json import entry_json, show_json
 from power.http.schemas import (
     CopyRequest,
@@ -135,6 +136,7 @@ async def ps() -> Response:
                 "expires_at": expires.isoformat().replace("+00:00", "Z"),
                 "size_vram": int(size * min(1.0, gpu_layers / max(1, n_layer + 1))),
                 "context_length": instance.spec.num_ctx,
+                "devices": placement_of(instance.loaded) if instance.loaded else [],
             }
         )
     return jsonify({"models": models})
