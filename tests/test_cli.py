@@ -273,7 +273,9 @@ def test_list_and_show(cli_env: dict[str, str], gemma: str, gemma_gguf: Path) ->
     row = next(re.split(r"\s{2,}", line) for line in lines if line.startswith("gemma-cli:latest"))
     assert re.fullmatch(r"[0-9a-f]{12}", row[1])
     assert row[2] == "253 MB"
-    assert re.fullmatch(r"(Less than a second|1 second|\d+ seconds|About a minute|\d+ minutes) ago", row[3])
+    assert re.fullmatch(
+        r"(Less than a second|1 second|\d+ seconds|About a minute|\d+ minutes) ago", row[3]
+    )
     names = [line.split()[0] for line in ok(power(cli_env, "ls", "gemma")).stdout.splitlines()]
     assert names == ["NAME", "gemma-cli:latest"]  # the prefix filter; "ls" is "list"
     assert len(ok(power(cli_env, "list", "zzz")).stdout.splitlines()) == 1  # the header only
