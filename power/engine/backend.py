@@ -6,6 +6,10 @@ protocols, so tests run them on the CPU with a fake backend whose decode returns
 (`power.engine.llama_backend.LlamaBackend`): `power.engine.llama`'s `LlamaModel` and
 `LlamaContext` implement `Vocabulary` and `Context`.
 
+Failures: a decode the backend refuses raises `DecodeError` (the runner fails that batch's
+sequences and goes on); a context that can no longer be used raises `ContextLost` from any call
+(the loop stops, the instance fails, the next request reloads the model).
+
 Threading: `Backend.open`, `Context.decode` and `Context.logits_row` block and run in a worker
 thread (`WorkerRunner`, `trio.to_thread.run_sync` in production), one at a time per context; the
 sequence operations and token pieces are cheap and run on the trio thread between decodes. None
@@ -80,7 +84,8 @@ class Context(Protocol):
 
     def decode_batch(self, entries: Sequence[BatchEntry]) -> None:
         """Evaluate `entries` (at most `n_batch` tokens in all); raise `DecodeError` when the
-        backend refuses them (the KV cache is then as before the call)."""
+        backend refuses them (the KV cache is then as before the call), `ContextLost` when the
+        context is gone (e.g. a split model's host process died)."""
         ...
 
     def logits_row(self, row: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from power.engine.backend import Backend, BatchEntry, Context, Vocabulary, Worke
 from power.engine.loadspec import LoadSpec, clamp_num_ctx
 from power.engine.runner import Runner
 from power.engine.sampling import SequenceSampler
-from power.engine.types import Chunk, EmbedResult, EngineError, GenerationParams
+from power.engine.types import Chunk, ContextLost, EmbedResult, EngineError, GenerationParams
 from power.options import Options
 
 __all__ = ["LoadSpec", "LoadedModel", "load"]
@@ -78,6 +78,8 @@ class LoadedModel:
             )
         self.load_duration_ns = 0
         self.loaded_at_ns = 0
+        self._lost: BaseException | None = None  # the ContextLost an embedding call met
+        self._lost_event = trio.Event()
 
     def load_ns_since(self, t_request_ns: int) -> int:
         """The load time, if this model was loaded while the request starting then waited."""
@@ -122,11 +124,22 @@ class LoadedModel:
         return loaded
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """The model's step loop (returns at once for embedding models, which have none)."""
+        """The model's step loop; returns when the model can serve no more (`failure` says
+        why). An embedding model has no loop: this waits until an embedding call finds its
+        context lost (`ContextLost`)."""
         if self.runner is None:
             task_status.started()
+            await self._lost_event.wait()
             return
         await self.runner.run(task_status=task_status)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this model can serve no more (its step loop failed, or its context was lost);
+        None while it can. The model manager then marks its instance FAILED (a reload)."""
+        if self.runner is not None:
+            return self.runner.broken
+        return self._lost
 
     def close(self) -> None:
         """Free the context and the weights. Only after `run` has returned (nothing may be
@@ -266,7 +279,12 @@ class LoadedModel:
             token_lists.append(tokens)
         if dimensions is not None and not (0 < dimensions <= self.model.n_embd):
             raise EngineError(f"dimensions must be between 1 and {self.model.n_embd}", status=400)
-        vectors = await self.run_sync(self._embed_sync, token_lists, limiter=self.limiter)
+        try:
+            vectors = await self.run_sync(self._embed_sync, token_lists, limiter=self.limiter)
+        except ContextLost as exc:
+            self._lost = exc  # `run` returns: the manager fails the instance, the next reloads
+            self._lost_event.set()
+            raise
         out = []
         for vector in vectors:
             if dimensions is not None:

@@ -6,11 +6,12 @@ import enum
 
 import attrs
 
-from power.engine.errors import DecodeError, EngineError, SamplingError
+from power.engine.errors import ContextLost, DecodeError, EngineError, SamplingError
 from power.options import Options
 
 __all__ = [
     "Chunk",
+    "ContextLost",
     "DecodeError",
     "DoneReason",
     "EmbedResult",
