@@ -24,6 +24,7 @@ import pytest
 import trio
 
 from conftest import GEMMA, free_port, populate_store, run_power_server
+from power import config
 from power.cli.main import main
 from power.engine import rpc, split
 from power.engine.model import LoadedModel, LoadSpec
@@ -35,25 +36,25 @@ from power.options import Options
 
 
 def test_endpoints_parse_and_refuse_what_ggml_cannot_use() -> None:
-    assert rpc.parse_endpoints(None) == ()
-    assert rpc.parse_endpoints(" 10.0.0.5:50052, worker-2:6000 ") == (
+    assert config.parse_rpc_servers(None) == ()
+    assert config.parse_rpc_servers(" 10.0.0.5:50052, worker-2:6000 ") == (
         "10.0.0.5:50052",
         "worker-2:6000",
     )
     for bad in ("10.0.0.5", "[::1]:50052", "::1:50052", "h:0", "h:70000", "h:x", "a:1,a:1"):
-        with pytest.raises(rpc.RpcError):
-            rpc.parse_endpoints(bad)
+        with pytest.raises(config.SettingError):
+            config.parse_rpc_servers(bad)
 
 
 def test_tensor_split_weights() -> None:
-    assert rpc.parse_tensor_split("") == ()
-    assert rpc.parse_tensor_split("1,2.5,0") == (1.0, 2.5, 0.0)
+    assert config.parse_tensor_split("") == ()
+    assert config.parse_tensor_split("1,2.5,0") == (1.0, 2.5, 0.0)
     for bad in ("a,b", "-1,2", "0,0"):
-        with pytest.raises(rpc.RpcError):
-            rpc.parse_tensor_split(bad)
-    assert rpc.parse_tensor_split("1,1,1", 2) == (1.0, 1.0, 1.0)
-    with pytest.raises(rpc.RpcError, match="3 weights for this machine and 1 RPC servers"):
-        rpc.parse_tensor_split("1,1,1", 1)
+        with pytest.raises(config.SettingError):
+            config.parse_tensor_split(bad)
+    assert config.parse_tensor_split("1,1,1", 2) == (1.0, 1.0, 1.0)
+    with pytest.raises(config.SettingError, match="3 weights for this machine and 1 RPC servers"):
+        config.parse_tensor_split("1,1,1", 1)
 
 
 def test_a_weight_stays_with_its_worker_when_another_is_left_out() -> None:

@@ -52,53 +52,8 @@ DEVICE_IGPU = 2
 
 
 class RpcError(RuntimeError):
-    """A worker address is malformed, or ggml's RPC backend is missing from this build."""
-
-
-# ---------------------------------------------------------------- configuration
-
-
-def parse_endpoints(text: str | None) -> tuple[str, ...]:
-    """`host:port,host:port` → a tuple of endpoints (empty for None or ""); raises RpcError.
-
-    ggml splits an endpoint at its first colon and resolves the host with gethostbyname: IPv4
-    addresses and names only, no IPv6 literals.
-    """
-    if not text or not text.strip():
-        return ()
-    endpoints = []
-    for part in text.split(","):
-        item = part.strip()
-        if not item:
-            continue
-        host, sep, port = item.rpartition(":")
-        if not sep or not host or ":" in host or "[" in host:
-            raise RpcError(f"invalid RPC server {item!r}: expected host:port (IPv4 or a name)")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise RpcError(f"invalid port in RPC server {item!r}")
-        endpoints.append(f"{host}:{int(port)}")
-    if len(set(endpoints)) != len(endpoints):
-        raise RpcError(f"an RPC server is listed twice in {text!r}")
-    return tuple(endpoints)
-
-
-def parse_tensor_split(text: str | None, n_servers: int | None = None) -> tuple[float, ...]:
-    """`1,2,2` → weights (this machine first, then each of `n_servers` RPC servers; missing ones
-    count 1, one too many is an error); empty for None or ""."""
-    if not text or not text.strip():
-        return ()
-    try:
-        weights = tuple(float(w) for w in text.replace("/", ",").split(",") if w.strip())
-    except ValueError:
-        raise RpcError(f"invalid tensor split {text!r}: expected numbers such as 1,1,2") from None
-    if any(w < 0 or w != w for w in weights) or not any(w > 0 for w in weights):
-        raise RpcError(f"invalid tensor split {text!r}: weights must be >= 0, one of them > 0")
-    if n_servers is not None and len(weights) > 1 + n_servers:
-        raise RpcError(
-            f"tensor split {text!r} has {len(weights)} weights for this machine and "
-            f"{n_servers} RPC servers"
-        )
-    return weights
+    """ggml's RPC backend is missing from this build, or a worker offers no device. (Malformed
+    worker addresses and weights are refused earlier, by `power.config`'s parsers.)"""
 
 
 # ---------------------------------------------------------------- probing workers
