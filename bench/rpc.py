@@ -41,11 +41,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import models as test_models  # noqa: E402  (scripts/models.py)
-from common import PROMPTS, greedy_options, open_context, print_summary  # noqa: E402
+from common import PROMPTS, greedy_options, print_summary  # noqa: E402
 
 from power.engine import rpc  # noqa: E402
-from power.engine.llama import LlamaModel, ModelLoadParams  # noqa: E402
-from power.engine.model import LoadedModel, LoadSpec  # noqa: E402
+from power.engine.llama import ModelLoadParams, open_model  # noqa: E402
+from power.engine.loadspec import LoadSpec  # noqa: E402
+from power.engine.model import LoadedModel  # noqa: E402
 from power.options import Options  # noqa: E402
 
 NUM_CTX = 1024
@@ -88,9 +89,9 @@ def workers(n: int, threads: int, log_dir: Path) -> Iterator[tuple[str, ...]]:
             process.wait(timeout=10)
 
 
-def local_model(spec: LoadSpec, *, repack: bool, threads: int) -> LoadedModel:
-    model = LlamaModel(spec.model_path, ModelLoadParams(cpu_repack=repack))
-    return LoadedModel(spec, model, open_context(model, NUM_CTX, 1, threads))
+def local_model(spec: LoadSpec, *, repack: bool) -> LoadedModel:
+    """`spec` loaded here alone as power loads it (`open_model`), repacked kernels or not."""
+    return LoadedModel(spec, *open_model(spec, ModelLoadParams(cpu_repack=repack)))
 
 
 async def measure(model: LoadedModel, prompt: str, n_tokens: int) -> tuple[float, float, str]:
@@ -118,8 +119,8 @@ async def run(args: argparse.Namespace) -> None:
             f"power {args.threads} threads, {args.tokens} tokens, {args.rounds} rounds"
         )
         locals_ = {
-            "local": local_model(spec, repack=True, threads=args.threads),
-            "local-plain": local_model(spec, repack=False, threads=args.threads),
+            "local": local_model(spec, repack=True),
+            "local-plain": local_model(spec, repack=False),
         }
         async with trio.open_nursery() as nursery:
             for model in locals_.values():

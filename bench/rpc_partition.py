@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import models as test_models  # noqa: E402  (scripts/models.py)
 
 from power.engine import rpc  # noqa: E402
-from power.engine.model import LoadedModel, LoadSpec  # noqa: E402
+from power.engine.loadspec import LoadSpec  # noqa: E402
+from power.engine.model import LoadedModel  # noqa: E402
 from power.options import Options  # noqa: E402
 
 PORTS = (50081, 50082)

@@ -27,7 +27,8 @@ from conftest import GEMMA, free_port, populate_store, run_power_server
 from power import config
 from power.cli.main import main
 from power.engine import rpc, split
-from power.engine.model import LoadedModel, LoadSpec
+from power.engine.loadspec import LoadSpec
+from power.engine.model import LoadedModel
 from power.engine.rpc import RemoteDevice, WorkerStatus
 from power.engine.types import EngineError
 from power.options import Options

@@ -4,7 +4,9 @@ The runner (`runner.py`), `LoadedModel` and the model manager talk to a model on
 protocols, so tests run them on the CPU with a fake backend whose decode returns scripted logits
 (and can be told to block, fail or be slow at a given step). Production passes `LLAMA`
 (`power.engine.llama_backend.LlamaBackend`): `power.engine.llama`'s `LlamaModel` and
-`LlamaContext` implement `Vocabulary` and `Context`.
+`LlamaContext` implement `Vocabulary` and `Context`; for a model split over RPC workers, a
+vocabulary-only `LlamaModel` and a `power.engine.split.SplitContext` (whose `placement` says where
+the layers are; `LoadedModel.placement` reads it when a context has one).
 
 Failures: a decode the backend refuses raises `DecodeError` (the runner fails that batch's
 sequences and goes on); a context that can no longer be used raises `ContextLost` from any call

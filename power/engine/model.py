@@ -22,6 +22,7 @@ import trio
 
 from power.engine.backend import Backend, BatchEntry, Context, Vocabulary, WorkerRunner
 from power.engine.loadspec import LoadSpec, clamp_num_ctx
+from power.engine.rpc import DeviceShare, local_placement
 from power.engine.runner import Runner
 from power.engine.sampling import SequenceSampler
 from power.engine.types import Chunk, ContextLost, EmbedResult, EngineError, GenerationParams
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _default_backend() -> Backend:
-    from power.engine.llama import LLAMA
+    from power.engine.llama_backend import LLAMA
 
     return LLAMA
 
@@ -153,14 +154,24 @@ class LoadedModel:
         return self.context.n_ctx * self.model.n_layer * self.model.n_embd * 2 * element // 4
 
     def gpu_layers(self) -> int:
-        """Layers offloaded to a GPU (0 on a CPU-only build or without a GPU device)."""
+        """Layers offloaded to a GPU of this machine: 0 on a CPU-only build, without a GPU
+        device, or for a model split over RPC workers (its local share runs on the CPU)."""
         from power.engine.llama import gpu_device_count
 
-        if gpu_device_count() == 0:
+        if self._split_placement() or gpu_device_count() == 0:
             return 0
         if self.spec.num_gpu < 0:
             return self.model.n_layer + 1
         return min(self.spec.num_gpu, self.model.n_layer + 1)
+
+    def placement(self) -> tuple[DeviceShare, ...]:
+        """Where the layers live, for `/api/ps` and `/health`: a split model's devices as its
+        host process counted them, else this machine's CPU and GPU by `gpu_layers`."""
+        return self._split_placement() or local_placement(self.model.n_layer, self.gpu_layers())
+
+    def _split_placement(self) -> tuple[DeviceShare, ...]:
+        # a `power.engine.split.SplitContext` says where its layers are; other contexts do not
+        return tuple(getattr(self.context, "placement", ()))
 
     # ------------------------------------------------------------------ tokens
     def tokenize(

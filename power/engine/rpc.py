@@ -194,8 +194,8 @@ def assign_layers(n_units: int, n_gpu_layers: int, weights: tuple[float, ...]) -
     return counts
 
 
-def local_placement(n_layer: int, gpu_layers: int) -> list[dict]:
-    """The placement of a model loaded on this machine alone."""
+def local_placement(n_layer: int, gpu_layers: int) -> tuple[DeviceShare, ...]:
+    """The placement of a model loaded on this machine alone, `gpu_layers` of it on a GPU."""
     n_units = n_layer + 1
     gpu_layers = max(0, min(gpu_layers, n_units))
     shares = []
@@ -203,15 +203,7 @@ def local_placement(n_layer: int, gpu_layers: int) -> list[dict]:
         shares.append(DeviceShare("CPU", None, n_units - gpu_layers, 1 - gpu_layers / n_units))
     if gpu_layers:
         shares.append(DeviceShare("GPU", None, gpu_layers, gpu_layers / n_units))
-    return [s.to_json() for s in shares]
-
-
-def placement_of(loaded: object) -> list[dict]:
-    """Where a loaded model's layers live, for `/api/ps` and `/health`."""
-    split = getattr(loaded.context, "placement", None)  # type: ignore[attr-defined]
-    if split:
-        return [s.to_json() for s in split]
-    return local_placement(loaded.model.n_layer, loaded.gpu_layers())  # type: ignore[attr-defined]
+    return tuple(shares)
 
 
 # ---------------------------------------------------------------- ctypes
@@ -277,15 +269,6 @@ def ggml_rpc() -> ctypes.CDLL:
     ]
     lib.ggml_backend_rpc_start_server.restype = None
     return lib
-
-
-def has_local_gpu() -> bool:
-    """Whether this build sees a local GPU (llama_supports_gpu_offload also says yes for a
-    build that merely has the RPC backend, which offloads nothing by itself)."""
-    lib = ggml()
-    return bool(
-        lib.ggml_backend_dev_by_type(DEVICE_GPU) or lib.ggml_backend_dev_by_type(DEVICE_IGPU)
-    )
 
 
 def local_devices() -> list[int]:

@@ -1,10 +1,11 @@
 """Models split over RPC workers: `open_split(spec)` and the `SplitContext` it returns.
 
-`SplitContext` stands in for `LlamaContext` (the same methods the runner and the embedding path
-use) while the real context lives in a host process (`power.engine.split_host`), because ggml-rpc
-aborts the process that owns a connection to a worker that goes away. The parent keeps a
-vocabulary-only `LlamaModel` for tokenizing, pieces and grammars; only decodes and KV-cache
-operations cross to the host.
+`SplitContext` is a `power.engine.backend.Context` (plus the embedding calls `LoadedModel`
+makes) whose llama.cpp context lives in a host process (`power.engine.split_host`), because
+ggml-rpc aborts the process that owns a connection to a worker that goes away. The parent keeps a
+vocabulary-only `LlamaModel` (the `Vocabulary`) for tokenizing, pieces and grammars; only decodes
+and KV-cache operations cross to the host. The host loads through `power.engine.llama.open_model`,
+so the context is sized by the same `context_plan` as a local load.
 
 Lifecycle of a SplitContext::
 
@@ -12,9 +13,11 @@ Lifecycle of a SplitContext::
         |                              |
         +--host failed or died---------+--> LOST --close()--> CLOSED
 
-Once LOST, every call raises `WorkerLost` (an `EngineError`): the runner's loop stops and fails
-its requests with that message, the manager forgets the instance, and the next request loads the
-model again, without the workers that no longer answer (on this machine alone if none does).
+Once LOST, every call raises `WorkerLost`, a `ContextLost`: the runner's loop stops and fails
+its requests with that message ("model runner failed: RPC worker ... went away ..."), the manager
+marks the instance FAILED and forgets it, and the next request loads the model again, without the
+workers that no longer answer (on this machine alone if none does). An error the host reports
+for one call (not a death) is a plain `EngineError`, a `DecodeError` for a refused decode.
 """
 
 from __future__ import annotations
@@ -31,19 +34,19 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-import attrs
-import llama_cpp
 import numpy as np
 
-from power.engine.llama import Batch, ContextParams, LlamaError, LlamaModel, ModelLoadParams
+from power.engine.errors import ContextLost, DecodeError, EngineError
+from power.engine.llama import LlamaError, LlamaModel, ModelLoadParams
 from power.engine.rpc import DeviceShare, WorkerStatus, endpoint_weights, probe
-from power.engine.types import EngineError
 
 if TYPE_CHECKING:
-    from power.engine.model import LoadSpec
+    from power.engine.backend import BatchEntry
+    from power.engine.loadspec import LoadSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ LOAD_TIMEOUT = 300.0
 CALL_TIMEOUT = 300.0
 
 
-class WorkerLost(EngineError):
+class WorkerLost(ContextLost):
     """The host process of a split model died (a worker went away) or failed."""
 
 
@@ -93,13 +96,7 @@ def open_split(spec: LoadSpec) -> tuple[LlamaModel, SplitContext] | None:
     try:
         model.n_layer = _metadata_int(model, "block_count")
         model.n_ctx_train = _metadata_int(model, "context_length")
-        context = SplitContext.start(
-            spec,
-            model,
-            [(e, weights[e]) for e in ready],
-            local_weight,
-            _context_params(spec, model),
-        )
+        context = SplitContext.start(spec, model, [(e, weights[e]) for e in ready], local_weight)
     except BaseException:
         model.close()
         raise
@@ -116,49 +113,32 @@ def _metadata_int(model: LlamaModel, key: str) -> int:
         return 0
 
 
-def _context_params(spec: LoadSpec, model: LlamaModel) -> ContextParams:
-    """The context a local load would create (as `LoadedModel._open_sync` does)."""
-    pooling = model.pooling_type()
-    embedding = pooling not in (
-        llama_cpp.LLAMA_POOLING_TYPE_NONE,
-        llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
-    )
-    num_ctx = spec.num_ctx
-    if embedding and model.n_ctx_train > 0:
-        num_ctx = min(num_ctx, model.n_ctx_train)
-    return ContextParams(
-        n_ctx_per_seq=num_ctx,
-        n_seq_max=max(1, spec.num_parallel),
-        n_batch=max(spec.num_batch, num_ctx) if embedding else spec.num_batch,
-        n_threads=spec.num_thread,
-        n_threads_batch=spec.num_thread_batch,
-        flash_attention=spec.flash_attention,
-        kv_cache_type=spec.kv_cache_type,
-        embeddings=embedding,
-        pooling=pooling if embedding else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
-        kv_unified=True,
-    )
-
-
 class SplitContext:
-    """A `LlamaContext` whose llama.cpp context lives in a host process. Not thread-safe beyond
-    what the runner needs (one caller at a time; a lock guards the pipe anyway)."""
+    """A `Context` whose llama.cpp context lives in a host process. Not thread-safe beyond what
+    the runner needs (one caller at a time; a lock guards the pipe anyway).
+
+    `placement` says where the layers are (what `LoadedModel.placement` reports); the `n_*`
+    sizes and `can_shift`, `is_embedding` are the host context's own."""
+
+    n_ctx: int
+    n_ctx_seq: int
+    n_batch: int
+    n_seq_max: int
+    can_shift: bool
+    is_embedding: bool
 
     def __init__(
         self,
         process: subprocess.Popen,
         conn: Connection,
         shm_fd: int,
-        params: ContextParams,
         n_vocab: int,
         endpoints: tuple[str, ...],
     ) -> None:
         self.state = SplitState.STARTING
         self.process = process
-        self.params = params
         self.n_vocab = n_vocab
         self.endpoints = endpoints
-        self.memory = True
         self.info: dict[str, Any] = {}
         self.placement: tuple[DeviceShare, ...] = ()
         self._conn = conn
@@ -181,12 +161,11 @@ class SplitContext:
         model: LlamaModel,
         endpoints: list[tuple[str, float]],
         local_weight: float,
-        params: ContextParams,
     ) -> SplitContext:
         """Start a host process and load the model there; raises LlamaError on failure."""
         parent_sock, child_sock = socket.socketpair()
         shm_fd = os.memfd_create("power-split-logits")
-        rows = params.n_seq_max
+        rows = max(1, spec.num_parallel)  # logits rows of one decode; grown when needed
         os.ftruncate(shm_fd, rows * model.n_vocab * 4)
         try:
             process = subprocess.Popen(
@@ -210,20 +189,14 @@ class SplitContext:
         finally:
             child_sock.close()
         conn = Connection(parent_sock.detach())
-        context = cls(process, conn, shm_fd, params, model.n_vocab, tuple(e for e, _ in endpoints))
+        context = cls(process, conn, shm_fd, model.n_vocab, tuple(e for e, _ in endpoints))
         try:
             conn.send(
                 {
-                    "model_path": spec.model_path,
+                    "spec": spec,
                     "endpoints": endpoints,
                     "local_weight": local_weight,
-                    "num_gpu": spec.num_gpu,
                     "n_layer": model.n_layer,
-                    "use_mmap": spec.use_mmap,
-                    "use_mlock": spec.use_mlock,
-                    "numa": spec.numa,
-                    "context": attrs.asdict(params),
-                    "adapters": list(spec.adapters),
                     "rows": rows,
                 }
             )
@@ -248,6 +221,7 @@ class SplitContext:
         context.n_batch = value["n_batch"]
         context.n_seq_max = value["n_seq_max"]
         context.can_shift = value["can_shift"]
+        context.is_embedding = value["is_embedding"]
         context._move(SplitState.READY)
         log.info(
             "%s split (keepalive on %d worker connections): %s",
@@ -261,32 +235,38 @@ class SplitContext:
         return context
 
     # ------------------------------------------------------------------ the context API
-    @property
-    def handle(self) -> Any:
-        raise LlamaError("a split model's context lives in its host process")
-
-    def set_lora(self, adapters: list) -> None:
-        raise LlamaError("a split model loads its adapters in its host process")
-
-    def decode(self, batch: Batch) -> int:
-        """Decode in the host; the logits rows asked for come back through shared memory."""
-        n = batch.n_tokens
-        flags = batch.logits[:n].astype(np.int8)
+    def decode_batch(self, entries: Sequence[BatchEntry]) -> None:
+        """Decode in the host; the logits rows asked for come back through shared memory.
+        Raises DecodeError when llama.cpp refuses the batch, WorkerLost when the host died."""
+        n = sum(len(entry.tokens) for entry in entries)
+        tokens = np.empty(n, dtype=np.int32)
+        positions = np.empty(n, dtype=np.int32)
+        seqs = np.empty(n, dtype=np.int32)
+        flags = np.zeros(n, dtype=np.int8)
+        i = 0
+        for entry in entries:
+            k = len(entry.tokens)
+            tokens[i : i + k] = entry.tokens
+            positions[i : i + k] = np.arange(entry.start_pos, entry.start_pos + k)
+            seqs[i : i + k] = entry.seq_id
+            if entry.wants_logits and k:
+                flags[i + k - 1] = 1
+            i += k
         wanted = np.flatnonzero(flags).tolist()
         if len(wanted) > self._rows:
             self._grow(len(wanted))
-        seqs = np.fromiter((batch._seq_rows[i][0] for i in range(n)), dtype=np.int32, count=n)
         status = self._call(
             "decode",
             self._rows,
-            batch.token[:n].astype(np.int32).tobytes(),
-            batch.pos[:n].astype(np.int32).tobytes(),
+            tokens.tobytes(),
+            positions.tobytes(),
             seqs.tobytes(),
             flags.tobytes(),
             probe_on_loss=True,
         )
         self._row_slot = {row: k for k, row in enumerate(wanted)}
-        return status
+        if status != 0:
+            raise DecodeError(f"llama_decode failed with status {status} (RPC host)")
 
     def logits_row(self, i: int) -> np.ndarray:
         """The logits of batch row `i` (a view of shared memory, valid until the next decode)."""
@@ -296,9 +276,6 @@ class SplitContext:
     def embedding_seq(self, seq: int, n_embd: int) -> np.ndarray:
         return np.frombuffer(self._call("embedding_seq", seq, n_embd), dtype=np.float32).copy()
 
-    def embedding_ith(self, i: int, n_embd: int) -> np.ndarray:
-        return np.frombuffer(self._call("embedding_ith", i, n_embd), dtype=np.float32).copy()
-
     def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(self._call("seq_rm", seq, p0, p1))
 
@@ -307,9 +284,6 @@ class SplitContext:
 
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
         self._call("seq_cp", src, dst, p0, p1)
-
-    def seq_pos_max(self, seq: int) -> int:
-        return int(self._call("seq_pos_max", seq))
 
     def clear(self) -> None:
         self._call("clear")

@@ -7,11 +7,12 @@ drives them through `power.engine.split.SplitContext`. If this process dies, the
 the end of its pipe, fails that model's requests and reloads it without the lost worker.
 
 Protocol (a `multiprocessing.connection.Connection` over an inherited socket, pickled tuples):
-the parent sends one `LoadRequest` as a dict; this process answers `("ok", info)` once the model
-and context are ready, or `("err", message)`. Then each request `(op, *args)` gets
-`("ok", value)` or `("err", message)`. Logits rows travel through a shared memory file (an
-inherited memfd) instead of the pipe: after a decode, the rows whose logits were asked for lie
-in it in batch order. `("close",)` or the end of the pipe ends the process at once: workers
+the parent sends one load request, a dict holding the model's `LoadSpec`; this process answers
+`("ok", info)` once the model and context are ready (loaded by `power.engine.llama.open_model`,
+as a local load is, with the worker devices added), or `("err", message)`. Then each request
+`(op, *args)` gets `("ok", value)` or `("err", message)`. Logits rows travel through a shared
+memory file (an inherited memfd) instead of the pipe: after a decode, the rows whose logits were
+asked for lie in it in batch order. `("close",)` or the end of the pipe ends the process at once: workers
 free a client's buffers themselves when it disconnects.
 """
 
@@ -32,7 +33,8 @@ import llama_cpp
 import numpy as np
 
 from power.engine import llama as llama_mod
-from power.engine.llama import Batch, ContextParams, LlamaContext, LlamaModel, ModelLoadParams
+from power.engine.llama import Batch, ModelLoadParams, open_model
+from power.engine.loadspec import LoadSpec
 from power.engine.rpc import (
     DeviceShare,
     RemoteDevice,
@@ -56,9 +58,10 @@ class Host:
     """The model, context and batch of one split model, driven by the parent's requests."""
 
     def __init__(self, request: dict[str, Any], shm_fd: int) -> None:
+        spec: LoadSpec = request["spec"]
         self.layer_devices: dict[int, str] = {}
         _capture_layer_log(self)
-        llama_mod.ensure_backend(request["numa"])
+        llama_mod.ensure_backend(spec.numa)
         _capture_layer_log(self)  # ensure_backend installed power's callback; take it back
         remote: list[RemoteDevice] = []
         handles: list[int] = []
@@ -69,25 +72,22 @@ class Host:
                 remote.append(RemoteDevice(name, endpoint, weight / len(devices)))
                 handles.append(device)
         self.plan: SplitPlan = plan_split(
-            request["n_layer"], remote, request["local_weight"], num_gpu=request["num_gpu"]
+            request["n_layer"], remote, request["local_weight"], num_gpu=spec.num_gpu
         )
-        self.model = LlamaModel(
-            request["model_path"],
+        self.model, self.context = open_model(
+            spec,
             ModelLoadParams(
                 num_gpu=self.plan.n_gpu_layers,
-                use_mmap=request["use_mmap"],
-                use_mlock=request["use_mlock"],
-                numa=request["numa"],
+                use_mmap=spec.use_mmap,
+                use_mlock=spec.use_mlock,
+                numa=spec.numa,
                 devices=tuple(handles),
                 tensor_split=self.plan.tensor_split,
                 cpu_repack=False,  # compute the local layers as the workers compute theirs
             ),
         )
-        self.context = LlamaContext(self.model, ContextParams(**request["context"]))
-        if request["adapters"]:
-            self.context.set_lora([(self.model.load_lora(p), 1.0) for p in request["adapters"]])
         self.batch = Batch(self.context.n_batch, 1)
-        self.embeddings = self.context.params.embeddings
+        self.embeddings = self.context.is_embedding
         self.n_vocab = self.model.n_vocab
         self.shm_fd = shm_fd
         self.rows = 0
@@ -102,6 +102,7 @@ class Host:
             "n_batch": self.context.n_batch,
             "n_seq_max": self.context.n_seq_max,
             "can_shift": self.context.can_shift,
+            "is_embedding": self.context.is_embedding,
             "size_bytes": self.model.size_bytes,
             "n_params": self.model.n_params,
             "n_layer": self.model.n_layer,
@@ -172,14 +173,10 @@ class Host:
             return context.seq_add(*args)
         if op == "seq_cp":
             return context.seq_cp(*args)
-        if op == "seq_pos_max":
-            return context.seq_pos_max(*args)
         if op == "clear":
             return context.clear()
         if op == "embedding_seq":
             return context.embedding_seq(*args).tobytes()
-        if op == "embedding_ith":
-            return context.embedding_ith(*args).tobytes()
         raise ValueError(f"unknown request {op!r}")
 
 

@@ -6,7 +6,6 @@ import time
 
 from quart import Blueprint, Response, jsonify
 
-from power.engine.rpc import placement_of
 from power.http.state import get_state
 from power.version import __version__
 
@@ -38,7 +37,9 @@ async def health() -> Response:
                     "active_sequences": inst.loaded.n_active if inst.loaded else 0,
                     "waiting": inst.loaded.n_waiting if inst.loaded else 0,
                     "references": inst.refs,
-                    "devices": placement_of(inst.loaded) if inst.loaded else [],
+                    "devices": [d.to_json() for d in inst.loaded.placement()]
+                    if inst.loaded
+                    else [],
                 }
                 for inst in manager.running()
             ],
