@@ -16,6 +16,8 @@
 | DEBUG                    | unset              | verbose logs (llama.cpp's too)                 |
 | API_KEY (POWER_ only)    | unset              | require `Authorization: Bearer KEY`            |
 | NUM_THREAD (POWER_ only) | all cores          | default num_thread                             |
+| RPC_SERVERS (POWER_ only)| unset              | RPC workers host:port,... that hold layers too |
+| TENSOR_SPLIT (POWER_ only)| equal             | weights: this machine, then each RPC worker    |
 """
 
 from __future__ import annotations
@@ -72,6 +74,56 @@ def client_base_url() -> str:
     return f"{scheme}://{host}:{port}"
 
 
+class SettingError(ValueError):
+    """An environment variable (or the `serve` flag that sets it) holds an unusable value."""
+
+
+def parse_rpc_servers(text: str | None) -> tuple[str, ...]:
+    """`host:port,host:port` (POWER_RPC_SERVERS) → a tuple of endpoints (empty for None or "");
+    raises SettingError.
+
+    ggml splits an endpoint at its first colon and resolves the host with gethostbyname: IPv4
+    addresses and names only, no IPv6 literals.
+    """
+    if not text or not text.strip():
+        return ()
+    endpoints = []
+    for part in text.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or ":" in host or "[" in host:
+            raise SettingError(f"invalid RPC server {item!r}: expected host:port (IPv4 or a name)")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingError(f"invalid port in RPC server {item!r}")
+        endpoints.append(f"{host}:{int(port)}")
+    if len(set(endpoints)) != len(endpoints):
+        raise SettingError(f"an RPC server is listed twice in {text!r}")
+    return tuple(endpoints)
+
+
+def parse_tensor_split(text: str | None, n_servers: int | None = None) -> tuple[float, ...]:
+    """`1,2,2` (POWER_TENSOR_SPLIT) → weights: this machine first, then each of `n_servers` RPC
+    servers (missing ones count 1, one too many is an error); empty for None or ""."""
+    if not text or not text.strip():
+        return ()
+    try:
+        weights = tuple(float(w) for w in text.replace("/", ",").split(",") if w.strip())
+    except ValueError:
+        raise SettingError(
+            f"invalid tensor split {text!r}: expected numbers such as 1,1,2"
+        ) from None
+    if any(w < 0 or w != w for w in weights) or not any(w > 0 for w in weights):
+        raise SettingError(f"invalid tensor split {text!r}: weights must be >= 0, one of them > 0")
+    if n_servers is not None and len(weights) > 1 + n_servers:
+        raise SettingError(
+            f"tensor split {text!r} has {len(weights)} weights for this machine and "
+            f"{n_servers} RPC servers"
+        )
+    return weights
+
+
 def default_models_dir() -> Path:
     return Path.home() / ".ollama" / "models"
 
@@ -93,6 +145,8 @@ class Settings:
     debug: bool = False
     api_key: str | None = None
     num_thread: int = 0
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -101,6 +155,7 @@ class Settings:
         _, host, port = parse_host(env("HOST"))
         keep_alive = parse_keep_alive(env("KEEP_ALIVE", "5m"))
         flash = env("FLASH_ATTENTION")
+        rpc_servers = parse_rpc_servers(os.environ.get("POWER_RPC_SERVERS"))
         return cls(
             host=host,
             port=port,
@@ -117,4 +172,6 @@ class Settings:
             debug=env_flag("DEBUG"),
             api_key=os.environ.get("POWER_API_KEY") or None,
             num_thread=int(os.environ.get("POWER_NUM_THREAD", "0") or 0),
+            rpc_servers=rpc_servers,
+            tensor_split=parse_tensor_split(os.environ.get("POWER_TENSOR_SPLIT"), len(rpc_servers)),
         )

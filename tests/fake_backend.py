@@ -6,7 +6,9 @@
   decode appends at the next free position of its sequence (the scheduler's view and the cache's
   must agree), that a batch fits `n_batch`, and that sequence ids are in range. Its logits come
   from a script: a function of the tokens of the row's sequence up to that row. It can be told to
-  fail a given decode (`fail_decodes`) or to raise in KV-cache operations (`broken`).
+  fail a given decode (`fail_decodes`), to lose itself at a given decode (`lose_decodes`:
+  `ContextLost`, as a split model whose worker died, and `broken` from then on) or to raise in
+  KV-cache operations (`broken`). Its embeddings are all ones.
 - `FakeProjector`: images are byte strings; image `bytes([a, b, c])` takes three positions and
   its embedding rows carry a, b, c, which `FakeContext.decode_embeddings` stores as if they were
   tokens (so the counting script continues an image that ends a prompt with c + 1). Bytes that
@@ -32,7 +34,7 @@ import trio
 
 from power.engine.backend import BatchEntry, EmbeddingBatch, ImageChunk
 from power.engine.loadspec import LoadSpec, context_plan
-from power.engine.types import DecodeError, EngineError
+from power.engine.types import ContextLost, DecodeError, EngineError
 
 N_VOCAB = 64
 EOG = 0
@@ -108,6 +110,7 @@ class FakeContext:
         self.cells: dict[int, dict[int, int]] = {s: {} for s in range(n_seq_max)}
         self.n_decodes = 0
         self.fail_decodes: set[int] = set()  # decode numbers (from 1) that raise DecodeError
+        self.lose_decodes: set[int] = set()  # ... that raise ContextLost (and break the cache)
         self.broken = False  # KV-cache operations raise: the context is unusable
         self.closed = False
         self._rows: list[tuple[int, int]] = []
@@ -121,6 +124,9 @@ class FakeContext:
         self.n_decodes += 1
         if self.n_decodes in self.fail_decodes:
             raise DecodeError(f"scripted failure of decode {self.n_decodes}")
+        if self.n_decodes in self.lose_decodes:
+            self.broken = True
+            raise ContextLost(f"scripted loss of the context at decode {self.n_decodes}")
         assert sum(len(e.tokens) for e in entries) <= self.n_batch, "batch overflow"
         rows: list[tuple[int, int]] = []
         for entry in entries:
@@ -151,6 +157,12 @@ class FakeContext:
         seq, pos = self._rows[row]
         cells = self.cells[seq]
         return self.script([cells[p] for p in sorted(cells) if p <= pos])
+
+    def embedding_seq(self, seq: int, n_embd: int) -> np.ndarray:
+        return np.ones(n_embd, dtype=np.float32)
+
+    def clear(self) -> None:
+        self.cells = {s: {} for s in range(self.n_seq_max)}
 
     def _check(self) -> None:
         if self.broken:

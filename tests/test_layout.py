@@ -43,6 +43,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "power.cli": (
         "power.client",
         "power.http.server",  # `power serve`, imported when that command runs
+        "power.engine.rpc",  # `power rpc-worker` runs ggml's RPC server here, not over HTTP
         "power.registry.modelfile",  # `create` reads the Modelfile on the client side
         "power.registry.names",
         *LEAF,

@@ -18,7 +18,7 @@ import trio.testing
 from power.engine.lifecycle import IllegalTransition
 from power.engine.loadspec import LoadSpec
 from power.engine.manager import BUSY_MESSAGE, Instance, InstanceState, ModelManager
-from power.engine.types import EngineError, GenerationParams
+from power.engine.types import ContextLost, EngineError, GenerationParams
 from power.options import Options
 from tests.fake_backend import BOS, FakeBackend, Worker
 
@@ -407,6 +407,23 @@ async def test_a_failed_step_loop_is_forgotten_and_the_next_request_reloads():
         assert h.closed_contexts() == 1
         await h.request()
         assert h.opened() == 2
+
+
+async def test_a_lost_context_fails_the_instance_and_the_next_request_reloads():
+    """A split model's worker died during a decode (ContextLost): that request fails with the
+    reason, the instance is FAILED and forgotten, and the next request loads the model again."""
+    async with harness() as h:
+        await h.request()
+        inst = instance(h)
+        context = inst.loaded.context
+        context.lose_decodes.add(context.n_decodes + 1)
+        with pytest.raises(EngineError, match="model runner failed: scripted loss"):
+            await h.request()
+        await trio.testing.wait_all_tasks_blocked()
+        assert inst.state is InstanceState.FAILED and isinstance(inst.failure, ContextLost)
+        assert h.manager.instances == {} and h.closed_contexts() == 1
+        await h.request()
+        assert h.opened() == 2 and instance(h).state is InstanceState.READY
 
 
 def test_an_instance_refuses_an_illegal_transition():

@@ -22,13 +22,15 @@ from power.engine.loadspec import LoadSpec
 from power.engine.model import LoadedModel
 from power.engine.runner import Runner
 from power.engine.scheduler import SlotState
-from power.engine.types import Chunk, DoneReason, EngineError, GenerationParams
+from power.engine.types import Chunk, ContextLost, DoneReason, EngineError, GenerationParams
 from power.options import Options
 from tests.fake_backend import (
     BOS,
     EOG,
     POISON,
     FakeBackend,
+    FakeContext,
+    FakeVocabulary,
     Worker,
     counting,
     nan_on_poison,
@@ -375,6 +377,40 @@ async def test_a_broken_kv_cache_stops_the_loop_and_fails_everyone():
         assert queued.state is GenerationState.FAILED
         with pytest.raises(EngineError, match="runner stopped"):
             submit(model, params([BOS, 2]))
+
+
+async def test_a_lost_context_stops_the_loop_and_fails_every_sequence_with_its_reason():
+    """A split model whose worker died: its decode raises ContextLost. Unlike a DecodeError,
+    this is not the batch's fault: the loop stops, so that the manager reloads the model."""
+    async with fake_model(n_slots=2) as model:
+        model.fake.lose_decodes.add(model.fake.n_decodes + 2)
+        gens = [submit(model, params([BOS, 2], num_predict=9)) for _ in range(2)]
+        gens.append(submit(model, params([BOS, 30], num_predict=9)))  # queued: no slot left
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(model.runner.broken, ContextLost)
+        assert model.failure is model.runner.broken
+        for gen in gens:
+            assert gen.state is GenerationState.FAILED
+            with pytest.raises(EngineError, match="model runner failed: scripted loss"):
+                await read_all(gen)
+
+
+async def test_an_embedding_model_whose_context_is_lost_stops_serving():
+    spec = LoadSpec(model_path="fake", num_ctx=64, num_parallel=2)
+    context = FakeContext(n_seq_max=2, n_ctx_seq=64, n_batch=128)
+    context.is_embedding = True
+    model = LoadedModel(spec, FakeVocabulary(), context, run_sync=Worker())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(model.run)
+        assert len((await model.embed(["2 3", "4"])).embeddings) == 2
+        assert model.failure is None
+        context.lose_decodes.add(context.n_decodes + 1)
+        with pytest.raises(ContextLost, match="scripted loss"):
+            await model.embed(["5 6"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert nursery.child_tasks == frozenset()  # `run` returned: the manager reloads
+        assert isinstance(model.failure, ContextLost)
+    model.close()
 
 
 async def test_unloading_fails_what_is_left_with_model_unloaded():

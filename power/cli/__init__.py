@@ -6,7 +6,7 @@ answers, request settings, printing a streamed answer) → `common` (output, `Co
 pull with progress) → `progress`, `display`, `usage` (leaf modules).
 
 May import: `power.client`, `power.options`, `power.durations`, `power.version`,
-`power.registry.modelfile`/`names` (to read a Modelfile for `create`), and `power.http.server`
-for `serve` only (imported when that command runs). Nothing imports `power.cli` but
-`power.__main__`.
+`power.registry.modelfile`/`names` (to read a Modelfile for `create`), `power.http.server`
+for `serve` only and `power.engine.rpc` for `rpc-worker` only (a ggml RPC server, not an HTTP
+client; both imported when that command runs). Nothing imports `power.cli` but `power.__main__`.
 """

@@ -30,6 +30,7 @@ from power.cli.usage import (
     PULL_USAGE,
     PUSH_USAGE,
     RM_USAGE,
+    RPC_WORKER_USAGE,
     RUN_USAGE,
     SERVE_USAGE,
     SHOW_USAGE,
@@ -51,7 +52,17 @@ if TYPE_CHECKING:
 def cmd_serve(args: dict[str, Any]) -> int:
     from power.http.server import serve_main
 
+    if args.get("--rpc"):
+        os.environ["POWER_RPC_SERVERS"] = args["--rpc"]
+    if args.get("--tensor-split"):
+        os.environ["POWER_TENSOR_SPLIT"] = args["--tensor-split"]
     return serve_main() or 0
+
+
+def cmd_rpc_worker(args: dict[str, Any]) -> int:
+    from power.cli.rpc_worker import main as rpc_worker_main
+
+    return rpc_worker_main(args)
 
 
 def cmd_list(args: dict[str, Any]) -> int:
@@ -371,6 +382,7 @@ COMMANDS: dict[str, Command] = {
     "rm": Command(RM_USAGE, cmd_rm),
     "update": Command(UPDATE_USAGE, cmd_update),
     "version": Command(VERSION_USAGE, cmd_version),
+    "rpc-worker": Command(RPC_WORKER_USAGE, cmd_rpc_worker),
     "help": Command(HELP_USAGE, cmd_help),
 }
 ALIASES = {"ls": "list", "delete": "rm", "start": "serve"}

@@ -25,6 +25,7 @@ Commands:
   rm, delete  Remove models
   update      Pull the latest version of models
   version     Show the client and server versions
+  rpc-worker  Serve this machine's CPU or GPUs to other servers (ggml RPC)
   help        Show help for a command
 
 Options:
@@ -45,7 +46,11 @@ Usage:
   power serve [options]
 
 Options:
-  -h, --help  Show this help
+  --rpc=SERVERS           Also place model layers on these RPC workers (host:port,...),
+                          as POWER_RPC_SERVERS does; see `power help rpc-worker`
+  --tensor-split=WEIGHTS  Weights of this machine and of each RPC worker, in order
+                          (e.g. 1,2,2), as POWER_TENSOR_SPLIT does; default: equal shares
+  -h, --help              Show this help
 
 Environment (each also read under its OLLAMA_ name):
   POWER_HOST               Address to listen on (default 127.0.0.1:11434)
@@ -60,6 +65,32 @@ Environment (each also read under its OLLAMA_ name):
   POWER_ORIGINS            Allowed origins (CORS)
   POWER_NOPRUNE            Keep unused blobs
   POWER_DEBUG              Verbose logs
+  POWER_RPC_SERVERS        RPC workers that hold layers of every model (power only)
+  POWER_TENSOR_SPLIT       Weights of this machine and each RPC worker (power only)
+"""
+
+RPC_WORKER_USAGE = """\
+Serve this machine's CPU (or its GPUs) to other power servers, or to llama.cpp (--rpc), over
+ggml's RPC protocol: interoperable with llama.cpp's rpc-server.
+
+Usage:
+  power rpc-worker [options]
+
+Options:
+  --host=HOST     IPv4 address to listen on [default: 127.0.0.1]
+  --port=PORT     Port to listen on [default: 50052]
+  --threads=N     CPU threads for computing (default: all cores)
+  --mem=BYTES     Memory to advertise to clients, e.g. 8G (default: what the device reports);
+                  clients given no tensor split divide layers by it
+  --device=NAMES  Devices to serve, comma-separated (default: the GPUs, else the CPU)
+  --cache         Cache large tensors on disk (~/.cache/power/rpc) for faster reloads
+  -h, --help      Show this help
+
+The RPC protocol has NO authentication and NO encryption: whoever reaches the port can run
+computations on this machine and read its memory. It listens on loopback unless told otherwise;
+serve a private network only (--host 10.0.0.5), never an open one. One client is served at a
+time. On the server: POWER_RPC_SERVERS=10.0.0.5:50052,10.0.0.6:50052 power serve
+(or power serve --rpc ...). SIGTERM or SIGINT stops the worker at once.
 """
 
 CREATE_USAGE = """\

@@ -4,7 +4,13 @@ The runner (`runner.py`), `LoadedModel` and the model manager talk to a model on
 protocols, so tests run them on the CPU with a fake backend whose decode returns scripted logits
 (and can be told to block, fail or be slow at a given step). Production passes `LLAMA`
 (`power.engine.llama_backend.LlamaBackend`): `power.engine.llama`'s `LlamaModel` and
-`LlamaContext` implement `Vocabulary` and `Context`.
+`LlamaContext` implement `Vocabulary` and `Context`; for a model split over RPC workers, a
+vocabulary-only `LlamaModel` and a `power.engine.split.SplitContext` (whose `placement` says where
+the layers are; `LoadedModel.placement` reads it when a context has one).
+
+Failures: a decode the backend refuses raises `DecodeError` (the runner fails that batch's
+sequences and goes on); a context that can no longer be used raises `ContextLost` from any call
+(the loop stops, the instance fails, the next request reloads the model).
 
 Images: a model with a vision projector also has a `Projector` (`Backend.open_projector`, an
 mtmd context in production, `power.engine.projector`). It tokenises a prompt made of text and
@@ -121,7 +127,8 @@ class Context(Protocol):
 
     def decode_batch(self, entries: Sequence[BatchEntry]) -> None:
         """Evaluate `entries` (at most `n_batch` tokens in all); raise `DecodeError` when the
-        backend refuses them (the KV cache is then as before the call)."""
+        backend refuses them (the KV cache is then as before the call), `ContextLost` when the
+        context is gone (e.g. a split model's host process died)."""
         ...
 
     def decode_embeddings(self, batch: EmbeddingBatch, wants_logits: bool) -> None:

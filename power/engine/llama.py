@@ -9,9 +9,10 @@ from one worker thread at a time (see `runner.py`).
 - `LlamaContext`: one context with `n_seq_max` sequences and their KV cache; the
   `power.engine.backend.Context` of production (`decode_batch` fills its own `Batch`).
 - `Batch`: a reusable `llama_batch` with numpy views on its arrays.
-- `LlamaBackend` (`LLAMA`): the production `Backend`; `open(spec)` loads a model and sizes its
-  context by `power.engine.loadspec.context_plan`, so no request value reaches a llama.cpp
-  assertion.
+- `open_model(spec, params)`: weights, then a context sized by
+  `power.engine.loadspec.context_plan` (so no request value reaches a llama.cpp assertion), then
+  adapters; the production `Backend` (`power.engine.llama_backend`) and a split model's host
+  process both load through it.
 
 Importing this module sets `GGML_NO_BACKTRACE=1` (unless set): should ggml still abort, it
 prints its one-line reason instead of a gdb backtrace of the whole process.
@@ -122,6 +123,13 @@ class ModelLoadParams:
     use_mlock: bool = False
     numa: bool = False
     vocab_only: bool = False
+    #: ggml devices (`ggml_backend_dev_t` addresses) to offload to, e.g. RPC workers' devices;
+    #: empty = llama.cpp's choice. `tensor_split`: their weights, in the same order.
+    devices: tuple[int, ...] = ()
+    tensor_split: tuple[float, ...] = ()
+    #: let the CPU backend repack weights into its faster layouts (llama.cpp's "extra buffer
+    #: types"); RPC devices cannot, so a split model turns it off to compute like its workers
+    cpu_repack: bool = True
 
 
 class LlamaModel:
@@ -137,6 +145,7 @@ class LlamaModel:
             mparams.n_gpu_layers = 999 if llama_cpp.llama_supports_gpu_offload() else 0
         mparams.main_gpu = min(max(params.main_gpu, 0), 2**31 - 1)
         mparams.vocab_only = params.vocab_only
+        mparams.use_extra_bufts = params.cpu_repack
         mode = llama_cpp.LLAMA_LOAD_MODE_AUTO
         if params.use_mmap is False:
             mode = 2 if params.use_mlock else 0  # MLOCK / NONE
@@ -145,6 +154,12 @@ class LlamaModel:
         elif params.use_mmap is True:
             mode = 1  # MMAP
         mparams.load_mode = mode
+        if params.devices:  # NULL-terminated; both arrays only need to outlive the load call
+            devices = (ctypes.c_void_p * (len(params.devices) + 1))(*params.devices, None)
+            mparams.devices = ctypes.cast(devices, ctypes.c_void_p)
+        if params.tensor_split:
+            split = (ctypes.c_float * llama_cpp.llama_max_devices())(*params.tensor_split)
+            mparams.tensor_split = split
         _recent_problems.clear()
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
@@ -482,70 +497,59 @@ class Batch:
             self.raw = None
 
 
-class LlamaBackend:
-    """The production `Backend`: llama.cpp through `LlamaModel` and `LlamaContext`."""
-
-    def open(self, spec: LoadSpec) -> tuple[LlamaModel, LlamaContext]:
-        """Load `spec` (blocking: call it from a worker thread). The caller owns the result."""
-        model = LlamaModel(
-            spec.model_path,
-            ModelLoadParams(
-                num_gpu=spec.num_gpu,
-                main_gpu=spec.main_gpu,
-                use_mmap=spec.use_mmap,
-                use_mlock=spec.use_mlock,
-                numa=spec.numa,
+def open_model(spec: LoadSpec, params: ModelLoadParams) -> tuple[LlamaModel, LlamaContext]:
+    """Load the weights per `params`, then the context `context_plan` sizes for `spec`, then
+    `spec`'s adapters (blocking). What `LlamaBackend.open` and a split model's host process
+    (`power.engine.split_host`) both do, so a model computes the same wherever it is loaded.
+    The caller owns the result; on failure nothing is left open."""
+    model = LlamaModel(spec.model_path, params)
+    try:
+        pooling = model.pooling_type()
+        embedding = pooling not in (
+            llama_cpp.LLAMA_POOLING_TYPE_NONE,
+            llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
+        )
+        plan = context_plan(spec, n_ctx_train=model.n_ctx_train, embedding=embedding)
+        context = LlamaContext(
+            model,
+            ContextParams(
+                n_ctx_per_seq=plan.n_ctx_seq,
+                n_seq_max=plan.n_seq_max,
+                n_batch=plan.n_batch,
+                n_ubatch=plan.n_ubatch,
+                n_threads=plan.n_threads,
+                n_threads_batch=plan.n_threads_batch,
+                flash_attention=spec.flash_attention,
+                kv_cache_type=spec.kv_cache_type,
+                embeddings=embedding,
+                pooling=pooling if embedding else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
+                kv_unified=True,
             ),
         )
-        try:
-            pooling = model.pooling_type()
-            embedding = pooling not in (
-                llama_cpp.LLAMA_POOLING_TYPE_NONE,
-                llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
-            )
-            plan = context_plan(spec, n_ctx_train=model.n_ctx_train, embedding=embedding)
-            context = LlamaContext(
-                model,
-                ContextParams(
-                    n_ctx_per_seq=plan.n_ctx_seq,
-                    n_seq_max=plan.n_seq_max,
-                    n_batch=plan.n_batch,
-                    n_ubatch=plan.n_ubatch,
-                    n_threads=plan.n_threads,
-                    n_threads_batch=plan.n_threads_batch,
-                    flash_attention=spec.flash_attention,
-                    kv_cache_type=spec.kv_cache_type,
-                    embeddings=embedding,
-                    pooling=pooling if embedding else llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
-                    kv_unified=True,
-                ),
-            )
-        except BaseException:
-            model.close()
-            raise
-        try:
-            if spec.adapters:
-                context.set_lora([(model.load_lora(path), 1.0) for path in spec.adapters])
-        except BaseException:
-            context.close()
-            model.close()
-            raise
-        return model, context
-
-    def open_projector(self, spec: LoadSpec, model: LlamaModel):  # -> LlamaProjector
-        """Load `spec.projector_path` beside `model` (blocking)."""
-        from power.engine.projector import LlamaProjector
-
-        assert spec.projector_path is not None
-        _recent_problems.clear()
-        return LlamaProjector(
-            spec.projector_path,
-            model.handle,
-            n_threads=spec.num_thread or default_threads(),
-            use_gpu=spec.num_gpu != 0 and gpu_device_count() > 0,
-            log_callback=_log_callback,
-            reason=_reason,
-        )
+    except BaseException:
+        model.close()
+        raise
+    try:
+        if spec.adapters:
+            context.set_lora([(model.load_lora(path), 1.0) for path in spec.adapters])
+    except BaseException:
+        context.close()
+        model.close()
+        raise
+    return model, context
 
 
-LLAMA = LlamaBackend()
+def open_projector(spec: LoadSpec, model: LlamaModel):  # -> LlamaProjector
+    """Load `spec.projector_path` beside `model` (blocking)."""
+    from power.engine.projector import LlamaProjector
+
+    assert spec.projector_path is not None
+    _recent_problems.clear()
+    return LlamaProjector(
+        spec.projector_path,
+        model.handle,
+        n_threads=spec.num_thread or default_threads(),
+        use_gpu=spec.num_gpu != 0 and gpu_device_count() > 0,
+        log_callback=_log_callback,
+        reason=_reason,
+    )

@@ -73,6 +73,10 @@ class LoadSpec:
     flash_attention: bool | None = None
     kv_cache_type: str = "f16"
     num_parallel: int = 4
+    #: RPC workers (host:port) that may hold layers, and the weights of this machine and each
+    #: of them (power.engine.split); not options: server settings
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
     @classmethod
     def from_options(

@@ -5,8 +5,10 @@ Instance lifecycle (`InstanceState`, checked by `Instance._move`)::
     LOADING --open succeeded--> READY --unload asked--> UNLOADING --freed--> CLOSED
        |                          |                       ^
        +--unload asked: done as soon as the open returns--+
-       |                          +--its step loop failed, freed--> FAILED
+       |                          +--step loop failed or context lost, freed--> FAILED
        +--open failed--> FAILED
+
+(A lost context: `ContextLost`, e.g. a split model whose RPC worker went away.)
 
 - Each instance is owned by one task in the manager's nursery (`_instance_task`). It opens the
   model in a worker thread (shielded: an open that has started always completes, so what it
@@ -353,12 +355,10 @@ class ModelManager:
             if instance.refs == 0:
                 self._became_idle(instance)  # abandoned while loading
             with instance.scope:
-                await loaded.run()
-                runner = loaded.runner
-                if runner is not None and runner.broken is not None:
-                    instance.failure = runner.broken
-                else:
-                    await trio.sleep_forever()  # embedding models have no loop: wait for unload
+                await loaded.run()  # returns only when the model can serve no more
+                instance.failure = loaded.failure
+                if instance.failure is None:
+                    await trio.sleep_forever()  # not expected: wait for an unload anyway
         finally:
             loaded.close()
             if instance.failure is not None and instance.state is InstanceState.READY:

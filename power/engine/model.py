@@ -34,9 +34,10 @@ from power.engine.backend import (
 )
 from power.engine.loadspec import LoadSpec, clamp_num_ctx
 from power.engine.multimodal import PromptImage, build_prompt
+from power.engine.rpc import DeviceShare, local_placement
 from power.engine.runner import Runner
 from power.engine.sampling import SequenceSampler
-from power.engine.types import Chunk, EmbedResult, EngineError, GenerationParams
+from power.engine.types import Chunk, ContextLost, EmbedResult, EngineError, GenerationParams
 from power.options import Options
 
 __all__ = ["LoadSpec", "LoadedModel", "load"]
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 def _default_backend() -> Backend:
-    from power.engine.llama import LLAMA
+    from power.engine.llama_backend import LLAMA
 
     return LLAMA
 
@@ -94,6 +95,8 @@ class LoadedModel:
             )
         self.load_duration_ns = 0
         self.loaded_at_ns = 0
+        self._lost: BaseException | None = None  # the ContextLost an embedding call met
+        self._lost_event = trio.Event()
 
     def load_ns_since(self, t_request_ns: int) -> int:
         """The load time, if this model was loaded while the request starting then waited."""
@@ -147,11 +150,22 @@ class LoadedModel:
         return loaded
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """The model's step loop (returns at once for embedding models, which have none)."""
+        """The model's step loop; returns when the model can serve no more (`failure` says
+        why). An embedding model has no loop: this waits until an embedding call finds its
+        context lost (`ContextLost`)."""
         if self.runner is None:
             task_status.started()
+            await self._lost_event.wait()
             return
         await self.runner.run(task_status=task_status)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this model can serve no more (its step loop failed, or its context was lost);
+        None while it can. The model manager then marks its instance FAILED (a reload)."""
+        if self.runner is not None:
+            return self.runner.broken
+        return self._lost
 
     def close(self) -> None:
         """Free the projector, the context and the weights. Only after `run` has returned
@@ -167,14 +181,24 @@ class LoadedModel:
         return self.context.n_ctx * self.model.n_layer * self.model.n_embd * 2 * element // 4
 
     def gpu_layers(self) -> int:
-        """Layers offloaded to a GPU (0 on a CPU-only build or without a GPU device)."""
+        """Layers offloaded to a GPU of this machine: 0 on a CPU-only build, without a GPU
+        device, or for a model split over RPC workers (its local share runs on the CPU)."""
         from power.engine.llama import gpu_device_count
 
-        if gpu_device_count() == 0:
+        if self._split_placement() or gpu_device_count() == 0:
             return 0
         if self.spec.num_gpu < 0:
             return self.model.n_layer + 1
         return min(self.spec.num_gpu, self.model.n_layer + 1)
+
+    def placement(self) -> tuple[DeviceShare, ...]:
+        """Where the layers live, for `/api/ps` and `/health`: a split model's devices as its
+        host process counted them, else this machine's CPU and GPU by `gpu_layers`."""
+        return self._split_placement() or local_placement(self.model.n_layer, self.gpu_layers())
+
+    def _split_placement(self) -> tuple[DeviceShare, ...]:
+        # a `power.engine.split.SplitContext` says where its layers are; other contexts do not
+        return tuple(getattr(self.context, "placement", ()))
 
     # ------------------------------------------------------------------ tokens
     def tokenize(
@@ -316,7 +340,12 @@ class LoadedModel:
             token_lists.append(tokens)
         if dimensions is not None and not (0 < dimensions <= self.model.n_embd):
             raise EngineError(f"dimensions must be between 1 and {self.model.n_embd}", status=400)
-        vectors = await self.run_sync(self._embed_sync, token_lists, limiter=self.limiter)
+        try:
+            vectors = await self.run_sync(self._embed_sync, token_lists, limiter=self.limiter)
+        except ContextLost as exc:
+            self._lost = exc  # `run` returns: the manager fails the instance, the next reloads
+            self._lost_event.set()
+            raise
         out = []
         for vector in vectors:
             if dimensions is not None:

@@ -22,7 +22,7 @@ runs in the step loop's worker thread, one at a time. `close` waits for the call
 (a request may still be decoding its images when the server shuts down). Nothing here knows
 trio.
 
-`power.engine.llama.LlamaBackend.open_projector` builds it from a loaded model (this module does
+`power.engine.llama_backend.LlamaBackend.open_projector` builds it from a loaded model (this module does
 not import `power.engine.llama`: the backend hands over the model handle and its log hooks).
 """
 

@@ -18,9 +18,10 @@ image ends the prompt). Text chunks and the other sequences go on in the text st
 Errors stay with their sequence: an exception while sampling, detokenising or matching stops
 fails that one generation (`SamplingError`, an `EngineError`) and the others go on; a failed
 decode fails the sequences of that batch only (their KV cells are dropped). Only an error in the
-loop's own bookkeeping or in a KV-cache operation (the context is then unusable) stops the loop:
-`broken` is set, every generation fails, and the model manager forgets the instance so that the
-next request reloads it.
+loop's own bookkeeping or in a KV-cache operation, or a `ContextLost` from the decode (the context
+is then unusable: a split model's host process died), stops the loop: `broken` is set, every
+generation fails with "model runner failed: <why>", and the model manager marks the instance
+FAILED and forgets it so that the next request reloads it.
 
 Cancellation: `Runner.cancel(generation)` is safe from any task; a queued generation is withdrawn
 at once, one holding a slot is released (and its KV cells freed) at the next step boundary.
@@ -45,6 +46,7 @@ from power.engine.sampling import SequenceSampler, VocabInfo
 from power.engine.scheduler import Scheduler, Slot, SlotState, StepPlan
 from power.engine.types import (
     Chunk,
+    ContextLost,
     DecodeError,
     DoneReason,
     EngineError,
@@ -293,7 +295,8 @@ class Runner:
         """Worker thread: decode the plan and sample, right here, every slot whose logits came
         out and whose sampler is cheap. Returns those results (a token or the error its
         sampler raised) and the (slot, row) pairs left for `_sample_costly` (mirostat,
-        tail-free, typical, grammar). Raises DecodeError when the batch is refused."""
+        tail-free, typical, grammar). Raises DecodeError when the batch is refused,
+        ContextLost when the context is gone."""
         entries: list[BatchEntry] = []
         rows: list[tuple[Slot, int]] = []
         n_tokens = 0
@@ -306,8 +309,8 @@ class Runner:
                 rows.append((entry.slot, n_tokens - 1))
         try:
             self.context.decode_batch(entries)
-        except DecodeError:
-            raise
+        except (DecodeError, ContextLost):
+            raise  # ContextLost: the context is gone, the loop stops (see `run`)
         except Exception as exc:  # noqa: BLE001 - the batch failed, not the context
             raise DecodeError(f"decode failed: {type(exc).__name__}: {exc}") from exc
         sampled: Sampled = {}

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from power.engine.errors import DecodeError, EngineError, SamplingError
+from power.engine.errors import ContextLost, DecodeError, EngineError, SamplingError
 from power.options import Options
 
 if TYPE_CHECKING:
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Chunk",
+    "ContextLost",
     "DecodeError",
     "DoneReason",
     "EmbedResult",

@@ -37,6 +37,9 @@ async def health() -> Response:
                     "active_sequences": inst.loaded.n_active if inst.loaded else 0,
                     "waiting": inst.loaded.n_waiting if inst.loaded else 0,
                     "references": inst.refs,
+                    "devices": [d.to_json() for d in inst.loaded.placement()]
+                    if inst.loaded
+                    else [],
                 }
                 for inst in manager.running()
             ],

@@ -119,12 +119,13 @@ async def ps() -> Response:
                 expires = _moment(datetime.now(UTC).timestamp() + instance.keep_alive)
         else:
             expires = _moment(instance.expires_at)
+        loaded = instance.loaded
         gpu_layers = 0
         size = instance.estimated_bytes
-        if instance.loaded is not None:
-            size = instance.loaded.model.size_bytes + instance.loaded.kv_bytes()
-            gpu_layers = instance.loaded.gpu_layers()
-        n_layer = instance.loaded.model.n_layer if instance.loaded else 1
+        if loaded is not None:
+            size = loaded.model.size_bytes + loaded.kv_bytes()
+            gpu_layers = loaded.gpu_layers()
+        n_layer = loaded.model.n_layer if loaded else 1
         models.append(
             {
                 "name": instance.name,
@@ -135,6 +136,7 @@ async def ps() -> Response:
                 "expires_at": expires.isoformat().replace("+00:00", "Z"),
                 "size_vram": int(size * min(1.0, gpu_layers / max(1, n_layer + 1))),
                 "context_length": instance.spec.num_ctx,
+                "devices": [d.to_json() for d in loaded.placement()] if loaded else [],
             }
         )
     return jsonify({"models": models})

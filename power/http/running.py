@@ -93,7 +93,7 @@ def think_enabled(ref: ModelRef, think: bool | str | None) -> bool:
 
 
 def load_spec(state: ServerState, ref: ModelRef, options: Options) -> LoadSpec:
-    return LoadSpec.from_options(
+    spec = LoadSpec.from_options(
         ref.resolved.model_path,
         options,
         adapters=tuple(str(p) for p in ref.resolved.adapter_paths),
@@ -101,6 +101,9 @@ def load_spec(state: ServerState, ref: ModelRef, options: Options) -> LoadSpec:
         num_parallel=state.settings.num_parallel,
         kv_cache_type=state.settings.kv_cache_type,
         flash_attention=state.settings.flash_attention,
+    )
+    return attrs.evolve(
+        spec, rpc_servers=state.settings.rpc_servers, tensor_split=state.settings.tensor_split
     )
 
 
