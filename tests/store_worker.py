@@ -4,16 +4,21 @@
     python tests/store_worker.py hold STORE HEXDATA
     python tests/store_worker.py pull STORE NAME [PAUSE_AFTER_BYTES]
     python tests/store_worker.py loop STORE OPERATION N ARGS...
+    python tests/store_worker.py kill-in-rewrite STORE
 
 It prints one JSON object a line: `{"ready": true}` once it holds what it was asked to hold (then
 it sleeps until killed), pull's progress events, `{"paused": true}` when a paused pull reached its
 pause, `{"fetched": {digest: bytes}}` at the end of a pull, and for `loop` one
-`{"outcome": ...}` per round.
+`{"outcome": ...}` per round, for `kill-in-rewrite` one `{"point": ...}` per point killed at.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -29,6 +34,7 @@ from power.registry.create import CreateRequest  # noqa: E402
 from power.registry.locks import FileLock  # noqa: E402
 from power.registry.pull import pull_model  # noqa: E402
 from power.registry.store import Store  # noqa: E402
+from tests.serving import stale_data  # noqa: E402
 
 
 def say(**fields: object) -> None:
@@ -97,6 +103,83 @@ def loop(store: Store, operation: str, n_rounds: int, args: list[str]) -> None:
             say(outcome=type(error).__name__, message=str(error))
 
 
+#: The calls a session rewrite may make (to the file system and its locks), where a child
+#: process of `kill_in_rewrite` kills itself.
+_CALLS = (
+    (os, "open"),
+    (os, "write"),
+    (os, "pwrite"),
+    (os, "ftruncate"),
+    (os, "fsync"),
+    (os, "replace"),
+    (os, "rename"),
+    (os, "unlink"),
+    (os, "close"),
+    (fcntl, "flock"),
+)
+
+
+def _kill_at(index: int, after: bool, report: int) -> None:
+    """From now on, SIGKILL this process at its `index`-th call of `_CALLS`, before the call or
+    just after it returned; the call's name goes to the descriptor `report` first."""
+    count = 0
+    write = os.write
+
+    def hooked(module: object, name: str, original: object) -> object:
+        def call(*args: object, **kwargs: object) -> object:
+            nonlocal count
+            count += 1
+            if count - 1 == index and not after:
+                write(report, f"before {name}".encode())
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = original(*args, **kwargs)  # type: ignore[operator]
+            if count - 1 == index and after:
+                write(report, f"after {name}".encode())
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        return call
+
+    for module, name in _CALLS:
+        setattr(module, name, hooked(module, name, getattr(module, name)))
+
+
+def kill_in_rewrite(store: Store) -> None:
+    """Kill a process at each point of a rewrite of its session file: a child process adds a
+    blob with its pins (marked `new` in its session), then pins another digest (its session
+    file is rewritten) and SIGKILLs itself before or after one of the calls that makes; then
+    this process prunes the store and says what is left. Ends with the first child that finished
+    its rewrite unkilled."""
+    other = "sha256:" + "0" * 64
+    for index in range(1000):
+        for after in (False, True):
+            data = os.urandom(1000)
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: no thread runs in this process, so fork is safe
+                os.close(read_end)
+                pins = store.open_pins()
+                store.store_blob_bytes(data, pins=pins)
+                _kill_at(index, after, write_end)
+                pins.add([other])
+                os._exit(0)
+            os.close(write_end)
+            with os.fdopen(read_end, "rb") as reader:
+                where = reader.read().decode()
+            _pid, status = os.waitpid(pid, 0)
+            killed = os.WIFSIGNALED(status)
+            store.prune()
+            say(
+                point=where,
+                killed=killed,
+                blob_left=store.has_blob(digest),
+                stale=stale_data(store.root),
+            )
+            if not killed:
+                return
+
+
 def main(argv: list[str]) -> None:
     command = argv[0]
     if command == "lock":
@@ -117,6 +200,8 @@ def main(argv: list[str]) -> None:
         trio.run(pull, store, argv[2], pause_after)
     elif command == "loop":
         loop(store, argv[2], int(argv[3]), argv[4:])
+    elif command == "kill-in-rewrite":
+        kill_in_rewrite(store)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,21 @@ def test_a_killed_process_leaves_nothing_after_prune(tmp_path: Path, workers: li
     assert not (store.root / ".locks" / f"session-{token}").exists()
 
 
+def test_a_kill_at_any_point_of_a_session_rewrite_keeps_the_new_marks(
+    tmp_path: Path, workers: list[Worker]
+) -> None:
+    """A process is killed before or after each call its session rewrite makes, having added a
+    blob (marked `new`) and then pinning something else: prune removes that blob all the same.
+    A file truncated then rewritten in place lost every mark to a kill between the two, and
+    the dead create's blob stayed as an unreferenced blob (tests/test_store_crash.py's flake)."""
+    worker = Worker("kill-in-rewrite", str(tmp_path / "models"))
+    workers.append(worker)
+    points = list(worker.lines())
+    assert points[-1]["killed"] is False and all(p["killed"] for p in points[:-1]), points
+    assert len(points) > 10, points  # store lock, staging file, rename, ...
+    assert [p for p in points if p["blob_left"] or p["stale"]] == [], points
+
+
 def test_pins_keep_a_blob_that_another_process_deletes(
     tmp_path: Path, gemma_gguf: Path, workers: list[Worker]
 ) -> None:

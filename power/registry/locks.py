@@ -9,6 +9,8 @@ pull, copy, delete and prune side by side.
     <root>/.locks/download-<hex>.lock    held by the one process fetching that blob
     <root>/.locks/session-<token>        held by a live process for its whole life: the blobs it
                                          pins and the ones it created, one `pin|new <digest>` a line
+                                         (each change is a new file, locked, renamed over it from
+                                         `.new-session-<token>`)
     <root>/.tmp/<token>/                 that process's temporaries
 
 Locks are flock(2) locks on open files: the kernel drops them when their holder dies, so a lock
@@ -52,6 +54,7 @@ STORE_LOCK = "store.lock"
 SESSION_PREFIX = "session-"
 _NEW_SESSION_PREFIX = ".new-session-"
 TOKEN_RE = re.compile(r"[0-9]+-[0-9a-f]{8}")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 _held_guard = threading.Condition()
 _held: set[str] = set()  # paths this process holds a FileLock on
@@ -218,21 +221,43 @@ class Session:
         locks.mkdir(parents=True, exist_ok=True)
         while True:
             self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
-            # Locked before it appears under its final name, so nobody sees it unlocked; a
-            # scan that took the staging file for a dead one in between makes us start over.
-            staging = locks / f"{_NEW_SESSION_PREFIX}{self.token}"
             self.path = locks / f"{SESSION_PREFIX}{self.token}"
-            fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                os.replace(staging, self.path)
-            except FileNotFoundError:
-                os.close(fd)
-                continue
-            self._fd = fd
-            break
+            fd = self._publish(b"", exclusive=True)
+            if fd is not None:
+                self._fd = fd
+                break
         self._pins: list[Pins] = []
         self._guard = threading.Lock()
+
+    def _publish(self, data: bytes, *, exclusive: bool = False) -> int | None:
+        """Put a new session file holding `data` in place, locked by the descriptor returned.
+
+        It is written and locked under the staging name `.new-session-<token>`, then renamed
+        over the session file, so nobody sees it unlocked and a crash at any point leaves the
+        old file, the new one, or both (a dead process's staging file is read like its session
+        file: its `new` marks are the union of the two). None when a scan took the staging file
+        for a dead one in between (only possible while the store lock is not held); start over.
+        """
+        staging = self.path.parent / f"{_NEW_SESSION_PREFIX}{self.token}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+        fd = os.open(staging, flags, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            os.replace(staging, self.path)
+        except FileNotFoundError:
+            os.close(fd)
+            return None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+            os.close(fd)
+            raise
+        _fsync_folder(self.path.parent)  # the rename too is on disk before a blob appears
+        return fd
 
     @property
     def temp_dir(self) -> Path:
@@ -245,16 +270,22 @@ class Session:
             return {digest for pins in self._pins for digest in pins.digests}
 
     def _write(self) -> None:
-        """Rewrite the session file from the open pins (caller holds the store lock)."""
+        """Replace the session file by one listing the open pins (caller holds the store lock).
+
+        A new file renamed over the old one, never the old one truncated and rewritten: a
+        process killed between the truncation and the write would leave an empty file, its
+        `new` marks lost, and the blobs it had created would outlive it as unreferenced blobs
+        that only the prune grace removes."""
         with self._guard:
             lines = sorted(
                 {f"new {d}" for pins in self._pins for d in pins.created}
                 | {f"pin {d}" for pins in self._pins for d in pins.digests}
             )
         data = "".join(line + "\n" for line in lines).encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
-        os.fsync(self._fd)
+        while (fd := self._publish(data)) is None:
+            pass
+        old_fd, self._fd = self._fd, fd
+        os.close(old_fd)  # the old file, already replaced: its lock goes with it
 
     def close(self) -> None:
         """End the session (tests; a process that exits ends it too): its file and folder go."""
@@ -334,15 +365,27 @@ class SessionScan:
 
 
 def _read_lines(fd: int) -> list[tuple[str, str]]:
+    """The `(kind, digest)` entries of a session file; a line that is not one whole entry (a
+    file cut short by a crash) is skipped."""
     data = b""
     while chunk := os.pread(fd, 1 << 16, len(data)):
         data += chunk
     entries = []
     for line in data.decode("utf-8", "replace").splitlines():
         kind, _, digest = line.partition(" ")
-        if kind in ("pin", "new") and digest:
+        if kind in ("pin", "new") and _DIGEST_RE.fullmatch(digest):
             entries.append((kind, digest))
     return entries
+
+
+def _fsync_folder(path: Path) -> None:
+    """Make the renames in folder `path` durable (where the filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def scan_sessions(root: Path, own: Session | None, *, clean: bool = True) -> SessionScan:
