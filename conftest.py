@@ -110,14 +110,22 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 # ---------------------------------------------------------------- power serve
 
 
+#: The process id of each running `power serve`, by base URL (for tests that measure it).
+SERVER_PIDS: dict[str, int] = {}
+
+
 @contextlib.contextmanager
-def run_power_server(store: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `power serve` on a free loopback port with `store` as its model store."""
+def run_power_server(
+    store: Path, env: dict[str, str] | None = None, *, bind: str = "127.0.0.1"
+) -> Iterator[str]:
+    """Start `power serve` on a free port with `store` as its model store; yields
+    `http://127.0.0.1:PORT`. `bind` is the address it listens on (`[::ffff:127.0.0.1]`,
+    `0.0.0.0`…): one that 127.0.0.1 reaches."""
     port = free_port()
     full_env = dict(os.environ)
     full_env.update(
         {
-            "POWER_HOST": f"127.0.0.1:{port}",
+            "POWER_HOST": f"{bind}:{port}",
             "POWER_MODELS": str(store),
             "POWER_NUM_PARALLEL": "4",
             "POWER_NUM_THREAD": "2",
@@ -130,10 +138,12 @@ def run_power_server(store: Path, env: dict[str, str] | None = None) -> Iterator
             [sys.executable, "-m", "power", "serve"], env=full_env, stdout=log, stderr=log
         )
         base_url = f"http://127.0.0.1:{port}"
+        SERVER_PIDS[base_url] = process.pid
         try:
             wait_for_http(base_url + "/", process)
             yield base_url
         finally:
+            SERVER_PIDS.pop(base_url, None)
             process.terminate()
             try:
                 process.wait(timeout=15)

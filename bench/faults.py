@@ -1,7 +1,7 @@
 """Fault injection against a real `power serve`: what leaks, what dies, what stalls.
 
     .venv/bin/python bench/faults.py [--url URL --pid PID] [--model NAME] [--streams N]
-        [--idle N] [--seed S] [--quick]
+        [--idle N] [--seed S] [--quick] [--phases LIST]
 
 Without `--url`, a `power serve` is started on a free loopback port with a temporary store
 holding gemma-3-270m as `gemma3:270m` (from `.models/`, as the tests prepare it). With `--url`
@@ -21,6 +21,10 @@ each phase. Phases:
 5. `--idle` idle connections that send half a request and wait, and `/api/version` meanwhile;
 6. a refused 1 GiB `/api/blobs` upload (bad digest): the server's RSS growth.
 
+`--phases` runs only some of them, by name: dropped, hostile, races, long, idle, upload
+(comma-separated; all by default), e.g. `--phases long,idle,upload` on a build where a hostile
+option still kills the server and would leave the later phases unmeasured.
+
 At the end: active sequences (from `/metrics`), RSS growth, threads and open files of the
 server against the start, and whether the server is still alive.
 """
@@ -33,6 +37,7 @@ import math
 import os
 import random
 import resource
+import select
 import sys
 import tempfile
 import time
@@ -299,13 +304,17 @@ async def phase_hostile(url: str, pid: int) -> tuple[dict[str, int], list[str], 
     statuses: dict[str, int] = {}
     bad: list[str] = []
     cut = 0
-    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+    n_timeouts = 0  # in a row: the model is wedged, and every other body would wait as long
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         bodies = [body(o, stream=False) for o in HOSTILE_OPTIONS]
         bodies.append(body(OPTIONS_EXAMPLE, stream=False))
         labels = [*HOSTILE_OPTIONS, "docs/api.md all-options example"]
         for label, content in zip(labels, bodies, strict=True):
             if not alive(pid):
                 bad.append(f"{label}: not sent, the server is dead")
+                continue
+            if n_timeouts >= 2:
+                bad.append(f"{label}: not sent, the model is wedged (two timeouts in a row)")
                 continue
             normal_done = trio.Event()
             normal_ok = [False]
@@ -329,6 +338,7 @@ async def phase_hostile(url: str, pid: int) -> tuple[dict[str, int], list[str], 
                     detail = r.text[:160]
                 except httpx.HTTPError as exc:
                     status, detail = 0, repr(exc)
+            n_timeouts = n_timeouts + 1 if detail.startswith("ReadTimeout") else 0
             statuses[str(status)] = statuses.get(str(status), 0) + 1
             if status >= 500 or status == 0:
                 bad.append(f"{label} -> {status} {detail}")
@@ -397,8 +407,18 @@ async def phase_long_prompt(url: str) -> int:
         return r.status_code
 
 
-async def phase_idle(url: str, n: int, prober: Prober) -> tuple[int, float]:
-    """Open `n` connections that send half a request; (connections opened, worst version s)."""
+def closed_by_peer(sockets: list) -> int:
+    """How many of `sockets` the other side has closed (poll: hang-up or error)."""
+    poller = select.poll()
+    for sock in sockets:
+        poller.register(sock.fileno(), select.POLLRDHUP)
+    gone = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+    return sum(1 for _, events in poller.poll(0) if events & gone)
+
+
+async def phase_idle(url: str, pid: int, n: int, prober: Prober) -> dict[str, float]:
+    """Open `n` connections that send half a request, then time `GET /api/version` on new
+    connections; the figures: opened, worst version s, closed by the server, server's files."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
@@ -416,42 +436,65 @@ async def phase_idle(url: str, n: int, prober: Prober) -> tuple[int, float]:
             sockets.append(sock)
         opened = len(sockets)
         prober.phase = "idle connections held"
-        t0 = time.perf_counter()
+        # each probe on a new connection (the pooled one would hide a starved accept queue)
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             worst = 0.0
             for _ in range(20):
                 t1 = time.perf_counter()
                 with contextlib.suppress(httpx.HTTPError):
-                    await client.get("/api/version")
+                    await client.get("/api/version", headers={"Connection": "close"})
                 worst = max(worst, time.perf_counter() - t1)
                 await trio.sleep(0.05)
-        del t0
-        return opened, worst
+        return {
+            "opened": opened,
+            "worst": worst,
+            "closed": closed_by_peer(sockets),
+            "server_files": proc_status(pid)["files"],
+        }
     finally:
         for sock in sockets:
             sock.close()
 
 
+#: The refused upload, run in a process of its own so that its sending does not delay this
+#: process's prober: httpx streams `size` bytes to a malformed digest and prints the status
+#: (0 when the server closed the connection before answering).
+UPLOADER = """
+import sys, httpx
+url, size = sys.argv[1], int(sys.argv[2])
+block = bytes(1 << 20)
+def chunks():
+    for _ in range(size // len(block)):
+        yield block
+try:
+    print(httpx.post(url + "/api/blobs/sha256:not-a-digest", content=chunks(), timeout=600).status_code)
+except httpx.HTTPError:
+    print(0)
+"""
+
+
 async def phase_refused_upload(url: str, pid: int, size: int) -> tuple[int, int]:
-    """A 1 GiB upload to a refused digest; (status, RSS growth in bytes at its peak)."""
-    before = proc_status(pid)["rss"]
-    peak = before
-    block = b"\0" * (1 << 20)
+    """A 1 GiB upload to a refused digest; (status, RSS growth in bytes at its peak, sampled
+    every 10 ms)."""
+    before = peak = proc_status(pid)["rss"]
+    done = trio.Event()
+    result: list[bytes] = []
 
-    async def chunks():
-        nonlocal peak
-        for _ in range(size // len(block)):
-            yield block
+    async def upload() -> None:
+        finished = await trio.run_process(
+            [sys.executable, "-c", UPLOADER, url, str(size)], capture_stdout=True
+        )
+        result.append(finished.stdout)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(upload)
+        while not done.is_set():
             peak = max(peak, proc_status(pid)["rss"])
-
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        try:
-            r = await client.post("/api/blobs/sha256:not-a-digest", content=chunks())
-            status = r.status_code
-        except httpx.HTTPError:
-            status = 0  # the server closed the connection early: also a refusal
+            with trio.move_on_after(0.01):
+                await done.wait()
     peak = max(peak, proc_status(pid)["rss"])
-    return status, peak - before
+    return int(result[0].strip() or 0), peak - before
 
 
 # ---------------------------------------------------------------------- main
@@ -507,11 +550,13 @@ async def run(url: str, pid: int, args: dict) -> None:
             )
 
         async def idle() -> None:
-            opened, worst_idle = await phase_idle(url, n_idle, prober)
+            seen = await phase_idle(url, pid, n_idle, prober)
             summary(
                 "idle_connections_version_worst_ms",
-                round(1000 * worst_idle, 1),
-                f"{opened} of {n_idle} half-open connections accepted",
+                round(1000 * seen["worst"], 1),
+                f"{seen['opened']} of {n_idle} half-open connections opened, "
+                f"{seen['closed']} of them closed by the server, "
+                f"{seen['server_files']} files open in the server",
             )
 
         async def upload() -> None:
@@ -519,16 +564,22 @@ async def run(url: str, pid: int, args: dict) -> None:
             summary("refused_upload_rss_growth_mib", round(growth / 2**20, 1), f"status {status}")
 
         phases = [
-            ("dropped streams", dropped),
-            ("hostile options", hostile),
-            ("unload/delete races", races),
-            ("8k-token prompt, repeat_last_n -1", long_prompt),
-            ("idle connections", idle),
-            ("refused 1 GiB upload", upload),
+            ("dropped", "dropped streams", dropped),
+            ("hostile", "hostile options", hostile),
+            ("races", "unload/delete races", races),
+            ("long", "8k-token prompt, repeat_last_n -1", long_prompt),
+            ("idle", "idle connections", idle),
+            ("upload", "refused 1 GiB upload", upload),
         ]
+        chosen = set((args["--phases"] or ",".join(key for key, _, _ in phases)).split(","))
+        unknown = chosen - {key for key, _, _ in phases}
+        if unknown:
+            raise SystemExit(f"unknown phases: {', '.join(sorted(unknown))}")
         async with trio.open_nursery() as nursery:
             await nursery.start(prober.run)
-            for name, phase in phases:
+            for key, name, phase in phases:
+                if key not in chosen:
+                    continue
                 prober.phase = name
                 try:
                     await phase()
@@ -563,8 +614,14 @@ async def run(url: str, pid: int, args: dict) -> None:
 def main() -> None:
     args = docopt(
         "Usage:\n  faults.py [--url URL --pid PID] [--model NAME] [--streams N] [--idle N] "
-        "[--seed S] [--quick]\n\nOptions:\n  --streams N  [default: 1000]\n  --idle N  "
-        "[default: 10000]\n  --seed S  [default: 1]\n  --model NAME  [default: gemma3:270m]\n"
+        "[--seed S] [--quick] [--phases LIST]\n\nOptions:\n"
+        "  --url URL  a running server (with --pid) instead of one of our own\n"
+        "  --pid PID  that server's process id (measured through /proc)\n"
+        "  --streams N  [default: 1000]\n"
+        "  --idle N  [default: 10000]\n"
+        "  --seed S  [default: 1]\n"
+        "  --phases LIST  comma-separated phase names (all when not given)\n"
+        "  --model NAME  [default: gemma3:270m]\n"
     )
     global MODEL
     MODEL = args["--model"]

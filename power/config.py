@@ -18,10 +18,20 @@
 | NUM_THREAD (POWER_ only) | all cores          | default num_thread                             |
 | RPC_SERVERS (POWER_ only)| unset              | RPC workers host:port,... that hold layers too |
 | TENSOR_SPLIT (POWER_ only)| equal             | weights: this machine, then each RPC worker    |
+| MAX_CONNECTIONS (POWER_) | 1024               | open connections; beyond, the longest-waiting  |
+|                          |                    | idle one is closed (see power.http.connections)|
+| HEADER_TIMEOUT (POWER_)  | 10s                | a request's first byte to its last header byte |
+| BODY_TIMEOUT (POWER_)    | 60s                | longest silence while a request body arrives   |
+| IDLE_TIMEOUT (POWER_)    | 120s               | a kept-alive connection with no request        |
+| MAX_BLOB_BYTES (POWER_)  | unlimited          | largest /api/blobs upload (the disk's free     |
+|                          |                    | space bounds it in any case)                   |
+
+Durations are Go durations (`10s`, `2m`) or bare seconds; `0` or a negative one means "no limit".
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -63,6 +73,26 @@ def parse_host(value: str | None) -> tuple[str, str, int]:
     if port is None:
         port = 443 if scheme == "https" else DEFAULT_PORT
     return scheme, host, port
+
+
+def is_loopback_address(host: str | None) -> bool:
+    """Whether `host` (an IP address, bracketed or not, or `localhost`) is this machine's
+    loopback. IPv4-mapped IPv6 addresses count by the IPv4 address they carry:
+    `::ffff:127.0.0.1` is loopback (an IPv6 socket reports IPv4 clients that way)."""
+    if not host:
+        return False
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if text.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def client_base_url() -> str:
@@ -147,6 +177,11 @@ class Settings:
     num_thread: int = 0
     rpc_servers: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    idle_timeout: float = 120.0
+    max_blob_bytes: int | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -174,4 +209,40 @@ class Settings:
             num_thread=int(os.environ.get("POWER_NUM_THREAD", "0") or 0),
             rpc_servers=rpc_servers,
             tensor_split=parse_tensor_split(os.environ.get("POWER_TENSOR_SPLIT"), len(rpc_servers)),
+            max_connections=max(1, int(os.environ.get("POWER_MAX_CONNECTIONS") or 1024)),
+            header_timeout=_seconds("POWER_HEADER_TIMEOUT", 10.0),
+            body_timeout=_seconds("POWER_BODY_TIMEOUT", 60.0),
+            idle_timeout=_seconds("POWER_IDLE_TIMEOUT", 120.0),
+            max_blob_bytes=_bytes("POWER_MAX_BLOB_BYTES"),
         )
+
+
+def _seconds(variable: str, default: float) -> float:
+    """A duration setting in seconds; `0` or negative: no limit (`math.inf`)."""
+    from power.durations import parse_keep_alive
+
+    value = os.environ.get(variable)
+    if not value:
+        return default
+    try:
+        seconds = parse_keep_alive(value)
+    except ValueError as error:
+        raise ValueError(f"{variable}: {error}") from None
+    return math.inf if seconds is None or seconds <= 0 else seconds
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _bytes(variable: str) -> int | None:
+    """A size setting: bytes, or with a binary unit (`500M`, `20G`, `1TiB`); unset, `0` or
+    negative: no limit (None)."""
+    value = (os.environ.get(variable) or "").strip().lower().removesuffix("ib").removesuffix("b")
+    if not value:
+        return None
+    number, unit = value.rstrip("kmgt"), value[len(value.rstrip("kmgt")) :]
+    try:
+        size = int(float(number) * _BYTE_UNITS[unit])
+    except (KeyError, ValueError):
+        raise ValueError(f"{variable}: expected a size like 500M or 20G, got {value!r}") from None
+    return size if size > 0 else None

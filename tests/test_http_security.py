@@ -5,10 +5,10 @@ disconnects mid-stream, bad token ids, and failing pulls.
 Servers are `power serve` subprocesses; the ones whose store is written to (blobs) or whose models
 a test may break run on a private store (empty, or hard links to the shared test models).
 
-The clients here send `Connection: close`: an answer given before the request body was read
-(404, 405, 401, 403, 413, a bad blob digest) leaves a kept-alive connection hanging with hypercorn,
-which test_connection_survives_an_answer_sent_before_the_body shows on its own; the other tests
-stay independent of that bug.
+The clients here send `Connection: close`, which keeps each test independent of the connection
+before it; test_connection_survives_an_answer_sent_before_the_body shows on its own what happens
+to a kept-alive connection answered before its request body was read (404, 405, 401, 403, 413, a
+bad blob digest): `power.http.app` drains a short rest or closes the connection after the answer.
 """
 
 from __future__ import annotations

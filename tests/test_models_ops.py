@@ -332,7 +332,9 @@ def test_a_failing_create_leaves_nothing(store: Store, gemma_gguf: Path) -> None
         ({"files": {"/abs.gguf": "sha256:" + "0" * 64}}, CreateError, "file path must be relative"),
         ({"files": {"m.gguf": "sha256:bad"}}, CreateError, "invalid digest format"),
         ({"files": {"m.gguf": "sha256:" + "0" * 64}}, CreateError, "not found"),
-        ({"from_": "./does/not/exist"}, CreateError, "no such file or folder"),
+        ({"from_": "/does/not/exist"}, CreateError, "no such file or folder"),
+        ({"from_": "./does/not/exist"}, CreateError, "absolute path"),
+        ({"from_": ".."}, CreateError, "absolute path"),
         (
             {"from_": "gemma3:270m", "quantize": "q8_0"},
             CreateError,

@@ -2,8 +2,10 @@
 Responses) and Anthropic's Messages API, over shared jobs.
 
 Layers inside, top down (arrows point down only):
-- `server` (hypercorn and the model manager in one nursery) → `app` (`create_app`: guards,
-  CORS, error bodies; registers the route modules);
+- `server` (the model manager and the HTTP server in one nursery) → `connections` (hypercorn's
+  HTTP/1.1 machinery with header/body timeouts, a connection cap and a lingering close) →
+  `app` (`create_app`: guards, CORS, error bodies; registers the route modules) → `bodies`
+  (request bodies that cannot fill the memory);
 - one route module per API style: `routes_native` (/api/generate, /api/chat, /api/embed…),
   `routes_openai` (/v1/…, with `openai_compat` translating native chunks and `openai_schemas`
   parsing OpenAI bodies), `routes_responses` (/v1/responses: `responses_compat`,
@@ -15,7 +17,9 @@ Layers inside, top down (arrows point down only):
 - `running` (the one place that builds the engine's inputs: model resolution, options,
   `LoadSpec`, instance info, `GenerationParams`), `model_json` (the registry's typed results as
   Ollama's JSON), `schemas` (JSON bodies → typed requests, `RequestError`), `streaming`
-  (NDJSON/SSE), `state` (`ServerState`, `get_state`), `metrics`.
+  (NDJSON/SSE), `progress` (the pull/push/create status streams), `errors` (status and message
+  of an error: no server paths, internal errors as an id), `state` (`ServerState`,
+  `get_state`), `metrics`.
 
 Contract: JSON is parsed here into typed objects and written here from typed objects; nothing
 below `power.http` sees a request's raw dict. A client disconnect cancels the response body's

@@ -18,8 +18,8 @@ from typing import Any
 from quart import Response, jsonify
 
 from power.engine.types import EngineError
+from power.http.errors import describe
 from power.http.jobs import merge_stream
-from power.http.schemas import RequestError
 from power.http.streaming import SSE_CONTENT_TYPE
 
 #: native chunk -> the framed SSE events it becomes
@@ -61,8 +61,8 @@ async def answer(
             async for native in outcome:
                 for event in translate(native):
                     yield event
-        except (RequestError, EngineError) as exc:
-            for event in on_error(getattr(exc, "status", 500), str(exc)):
+        except Exception as exc:  # noqa: BLE001 - told to the client as the style's error event
+            for event in on_error(*describe(exc)):
                 yield event
         finally:
             await outcome.aclose()

@@ -20,14 +20,26 @@ into text and image parts, and tokenised by the model's projector
 (`LoadedModel.tokenize_with_images`, in a worker thread); a tag without an image, or an image
 the projector cannot decode, is a 400 before anything is generated. In `raw` mode a prompt
 without tags gets the images in front of it.
+
+The trio thread never waits on a long computation of one request: resolving reads the store in a
+worker thread (and only when the manifest changed), and rendering the template and tokenizing
+run in worker threads too (`_in_thread`). Tokenizing reads only the model's vocabulary, which
+llama.cpp never changes after loading: `llama_tokenize` works on a `const llama_vocab *` and
+keeps no state between calls, so it is safe beside a `llama_decode` running on a context of the
+same model (llama.cpp's own server tokenizes in its HTTP threads while its loop decodes). The
+model is held (`use_model`) while its vocabulary is in use, and the thread is never abandoned
+on cancellation, so the vocabulary outlives every call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import trio
 
 from power.engine.model import LoadedModel
 from power.engine.types import Chunk, EngineError, GenerationParams, TokenLogprob
@@ -51,6 +63,20 @@ from power.prompt.output import OutputShaper
 from power.prompt.render import template_uses
 
 Outcome = dict[str, Any] | AsyncIterator[dict[str, Any]]
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` in a worker thread; a cancellation waits for it to return (the
+    thread may be using the model's vocabulary, which must outlive it)."""
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+async def _render(render: Callable[..., str], *args: Any, **kwargs: Any) -> str:
+    """A prompt rendered in a worker thread; a template error is the request's problem (400)."""
+    try:
+        return await _in_thread(render, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise RequestError(400, f"template error: {exc}") from None
 
 
 async def _load_or_unload(
@@ -108,7 +134,7 @@ async def generate_job(
     state: ServerState, req: GenerateRequest, *, t_start: int, debug: bool = False
 ) -> Outcome:
     """A load/unload/debug answer (dict), or the native chunks of a generation."""
-    ref = resolve_model(state, req.model)
+    ref = await resolve_model(state, req.model)
     options = effective_options(state, ref, req.options)
     if not req.prompt and not req.images and not req.suffix and not debug:
         return await _load_or_unload(state, ref, options, req.keep_alive, kind="generate")
@@ -126,25 +152,24 @@ async def generate_job(
         # fill-in-the-middle with the vocabulary's FIM tokens when the template has no .Suffix
         fim = bool(req.suffix) and not (template and template_uses(template, "Suffix"))
         if not fim:
-            try:
-                prompt_text = generate_prompt(
-                    ref.resolved,
-                    ref.info,
-                    req.prompt,
-                    template=req.template,
-                    system=req.system,
-                    suffix=req.suffix,
-                    think=req.think,
-                    n_images=len(images),
-                )
-            except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
-                raise RequestError(400, f"template error: {exc}") from None
+            prompt_text = await _render(
+                generate_prompt,
+                ref.resolved,
+                ref.info,
+                req.prompt,
+                template=req.template,
+                system=req.system,
+                suffix=req.suffix,
+                think=req.think,
+                n_images=len(images),
+            )
     elif images and not has_tags(prompt_text):
         prompt_text = "".join(f"[img-{i}]" for i in range(len(images))) + prompt_text
     if debug:
         if fim:
             async with use_model(state, ref, options, req.keep_alive) as model:
-                prompt_text = model.detokenize(model.fim_tokens(req.prompt, req.suffix))
+                tokens = await _in_thread(model.fim_tokens, req.prompt, req.suffix)
+                prompt_text = model.detokenize(tokens)
         return _debug_answer(ref, "generate", prompt_text)
     grammar = grammar_for(req.format)
     parts = _image_parts(prompt_text, images)
@@ -154,7 +179,7 @@ async def generate_job(
             try:
                 prompt_images = ()
                 if fim:
-                    tokens = model.fim_tokens(req.prompt, req.suffix)
+                    tokens = await _in_thread(model.fim_tokens, req.prompt, req.suffix)
                 else:
                     n_vocab = model.model.n_vocab
                     if any(not 0 <= t < n_vocab for t in req.context):
@@ -164,7 +189,9 @@ async def generate_job(
                             parts, add_special=not req.context
                         )
                     else:
-                        tokens = model.tokenize(prompt_text, add_special=not req.context)
+                        tokens = await _in_thread(
+                            model.tokenize, prompt_text, add_special=not req.context
+                        )
                     tokens = list(req.context) + tokens
                 params = generation_params(tokens, options, grammar, req, images=prompt_images)
                 shaper = (
@@ -198,7 +225,7 @@ async def chat_job(
     `tool_choice` is kept here for every API style: "none" shows the model no tools, a choice
     that forces a call constrains the output with a grammar in the model's tool-call format.
     """
-    ref = resolve_model(state, req.model)
+    ref = await resolve_model(state, req.model)
     options = effective_options(state, ref, req.options)
     if not req.messages and not debug:
         return await _load_or_unload(state, ref, options, req.keep_alive, kind="chat")
@@ -206,7 +233,7 @@ async def chat_job(
     _check_runnable(ref, images)
     tools = _offered_tools(ref, req)
     think = think_enabled(ref, req.think)
-    prompt_text = _chat_prompt_text(ref, req, tools)
+    prompt_text = await _chat_prompt_text(ref, req, tools)
     if debug:
         return _debug_answer(ref, "chat", prompt_text)
     hint = tool_call_hint(ref.resolved, ref.info)
@@ -219,7 +246,7 @@ async def chat_job(
                 if parts is not None:
                     tokens, prompt_images = await model.tokenize_with_images(parts)
                 else:
-                    tokens, prompt_images = model.tokenize(prompt_text), ()
+                    tokens, prompt_images = await _in_thread(model.tokenize, prompt_text), ()
                 params = generation_params(tokens, options, grammar, req, images=prompt_images)
                 shaper = OutputShaper(
                     think=think, tools=tools, template_hint=hint, prompt=prompt_text
@@ -244,9 +271,9 @@ async def chat_job(
 async def count_chat_tokens(state: ServerState, req: ChatRequest) -> int:
     """How many tokens the prompt of `req` takes: rendered as `chat_job` renders it and
     tokenized by the model itself (loaded if needed, with the request's keep_alive)."""
-    ref = resolve_model(state, req.model)
+    ref = await resolve_model(state, req.model)
     options = effective_options(state, ref, req.options)
-    prompt_text = _chat_prompt_text(ref, req, _offered_tools(ref, req))
+    prompt_text = await _chat_prompt_text(ref, req, _offered_tools(ref, req))
     async with use_model(state, ref, options, req.keep_alive) as model:
         return len(model.tokenize(prompt_text))
 
@@ -259,11 +286,11 @@ def _offered_tools(ref: ModelRef, req: ChatRequest) -> list[Tool]:
     return tools
 
 
-def _chat_prompt_text(ref: ModelRef, req: ChatRequest, tools: list[Tool]) -> str:
-    try:
-        return chat_prompt(ref.resolved, ref.info, req.messages, tools=tools, think=req.think)
-    except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
-        raise RequestError(400, f"template error: {exc}") from None
+async def _chat_prompt_text(ref: ModelRef, req: ChatRequest, tools: list[Tool]) -> str:
+    """The chat prompt, rendered in a worker thread (400 on a template error)."""
+    return await _render(
+        chat_prompt, ref.resolved, ref.info, req.messages, tools=tools, think=req.think
+    )
 
 
 def _chat_grammar(

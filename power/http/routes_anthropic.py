@@ -19,6 +19,7 @@ from power.engine.types import EngineError
 from power.http import anthropic_compat as ac
 from power.http.answering import answer
 from power.http.anthropic_schemas import CountTokensRequest, MessagesRequest
+from power.http.errors import describe
 from power.http.jobs import chat_job, count_chat_tokens
 from power.http.schemas import RequestError, parse_request
 from power.http.state import get_state
@@ -40,7 +41,7 @@ async def _request_error(exc: RequestError) -> Response:
 
 @blueprint.errorhandler(EngineError)
 async def _engine_error(exc: EngineError) -> Response:
-    return anthropic_error_response(exc.status, str(exc))
+    return anthropic_error_response(*describe(exc))
 
 
 @blueprint.route("/v1/messages", methods=["POST"])

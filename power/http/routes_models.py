@@ -1,20 +1,24 @@
 """Model management routes: tags, show, copy, delete, ps, create, pull, push, blobs.
 
 Store operations are blocking file work: they run in worker threads. create/pull/push stream
-Ollama's status lines (NDJSON) as they happen; the producer never waits for a slow reader (a
-memory channel with a generous buffer; progress events are dropped when it is full, the final
-status never is).
+Ollama's status lines (NDJSON) as they happen (`power.http.progress`: a slow reader gets merged
+progress, and always the final status or the error).
+
+Blob uploads stream to a temporary file of the store, hashed and written in a worker thread
+one chunk at a time (at most `bodies.STREAM_BUFFER` of it waits in memory), within
+`POWER_MAX_BLOB_BYTES` and the disk's free space.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
-import ipaddress
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +26,7 @@ import trio
 from quart import Blueprint, Response, jsonify, request
 
 from power.http.model_json import entry_json, show_json
+from power.http.progress import progress_response
 from power.http.schemas import (
     CopyRequest,
     DeleteRequest,
@@ -32,9 +37,9 @@ from power.http.schemas import (
     parse_request,
 )
 from power.http.state import get_state
-from power.http.streaming import ndjson_line
 from power.registry import models as store_models
 from power.registry.create import CreateRequest
+from power.registry.local_paths import local_source_path
 from power.registry.names import InvalidNameError, ModelName
 from power.registry.pull import pull_model
 from power.registry.push import push_model
@@ -153,82 +158,14 @@ def _moment(timestamp: float) -> datetime:
 # ---------------------------------------------------------------- streamed operations
 
 
-async def _progress_stream(
-    work: Callable[[Callable[[dict], None]], Awaitable[None]], *, stream: bool
-) -> Response:
-    """Run `work(progress)` and stream its progress dicts, ending with its own final line."""
-    if not stream:
-        events: list[dict] = []
-        try:
-            await work(events.append)
-        except RequestError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise RequestError(_status_of(exc), str(exc)) from None
-        last = events[-1] if events else {"status": "success"}
-        return jsonify(last)
-
-    send, receive = trio.open_memory_channel[dict](1024)
-
-    def progress(event: dict) -> None:
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-            send.send_nowait(event)
-
-    async def body() -> AsyncIterator[bytes]:
-        # the work runs as this body's own task, so a client disconnect cancels it
-        async with trio.open_nursery() as nursery:
-            errors: list[BaseException] = []
-
-            async def run() -> None:
-                try:
-                    await work(progress)
-                except Exception as exc:  # noqa: BLE001
-                    errors.append(exc)
-                finally:
-                    await send.aclose()
-
-            nursery.start_soon(run)
-            async with receive:
-                async for event in receive:
-                    yield ndjson_line(event)
-            if errors:
-                yield ndjson_line({"error": str(errors[0])})
-
-    response = Response(body(), mimetype="application/x-ndjson")
-    response.timeout = None
-    return response
-
-
-def _status_of(exc: BaseException) -> int:
-    status = getattr(exc, "status", None)
-    if isinstance(status, int) and 400 <= status < 600:
-        return status
-    if isinstance(exc, ModelNotFoundError):
-        return 404
-    if isinstance(exc, InvalidNameError | ValueError):
-        return 400
-    return 500
-
-
-def _is_local_path(text: str) -> bool:
-    return bool(text) and (os.path.isabs(text) or text.startswith(("./", "../", "~", ".\\")))
-
-
-def _from_loopback() -> bool:
-    try:
-        return ipaddress.ip_address(request.remote_addr or "").is_loopback
-    except ValueError:
-        return False
-
-
 @blueprint.route("/api/create", methods=["POST"])
 async def create() -> Response:
     state = get_state()
     req = parse_request(CreateRequest, await request.get_data())
     _name(req.model)
-    if _is_local_path(req.from_) and not _from_loopback():
-        # `from` naming a folder or file of this machine is power's extension for the local CLI
-        raise RequestError(403, "creating from a local path is only allowed from this machine")
+    # `from` naming a file or folder of this machine is power's extension for the local CLI:
+    # absolute paths, loopback clients only (LocalPathError: 400 or 403)
+    local_source_path(req.from_, client=request.remote_addr or "")
 
     async def work(progress: Callable[[dict], None]) -> None:
         def report(event: dict) -> None:
@@ -236,7 +173,7 @@ async def create() -> Response:
 
         await trio.to_thread.run_sync(store_models.create, state.store, req, report)
 
-    return await _progress_stream(work, stream=req.stream)
+    return await progress_response(work, stream=req.stream, context=f"create {req.model}")
 
 
 @blueprint.route("/api/pull", methods=["POST"])
@@ -248,7 +185,7 @@ async def pull() -> Response:
     async def work(progress: Callable[[dict], None]) -> None:
         await pull_model(state.store, str(name), insecure=req.insecure, progress=progress)
 
-    return await _progress_stream(work, stream=req.stream)
+    return await progress_response(work, stream=req.stream, context=f"pull {name}")
 
 
 @blueprint.route("/api/push", methods=["POST"])
@@ -260,7 +197,7 @@ async def push() -> Response:
     async def work(progress: Callable[[dict], None]) -> None:
         await push_model(state.store, str(name), insecure=req.insecure, progress=progress)
 
-    return await _progress_stream(work, stream=req.stream)
+    return await progress_response(work, stream=req.stream, context=f"push {name}")
 
 
 # ---------------------------------------------------------------- blobs
@@ -276,25 +213,31 @@ def _digest(text: str) -> str:
 @blueprint.route("/api/blobs/<digest>", methods=["HEAD"])
 async def blob_head(digest: str) -> Response:
     state = get_state()
-    if state.store.has_blob(_digest(digest)):
-        return Response("", status=200)
-    return Response("", status=404)
+    exists = await trio.to_thread.run_sync(state.store.has_blob, _digest(digest))
+    return Response("", status=200 if exists else 404)
 
 
 @blueprint.route("/api/blobs/<digest>", methods=["GET"])
 async def blob_get(digest: str) -> Response:
     state = get_state()
     path = state.store.blob_path(_digest(digest))
-    if not path.is_file():
-        raise RequestError(404, "blob not found")
+
+    def open_blob() -> tuple[Any, int]:
+        file = open(path, "rb")  # noqa: SIM115 - closed by the body
+        return file, os.fstat(file.fileno()).st_size
+
+    try:
+        file, size = await trio.to_thread.run_sync(open_blob)
+    except (FileNotFoundError, IsADirectoryError):
+        raise RequestError(404, "blob not found") from None
 
     async def body() -> AsyncIterator[bytes]:
-        async with await trio.open_file(path, "rb") as f:
+        async with trio.wrap_file(file) as f:
             while chunk := await f.read(1 << 20):
                 yield chunk
 
     response = Response(body(), mimetype="application/octet-stream")
-    response.headers["Content-Length"] = str(path.stat().st_size)
+    response.headers["Content-Length"] = str(size)
     response.timeout = None
     return response
 
@@ -303,44 +246,81 @@ async def blob_get(digest: str) -> Response:
 async def blob_delete(digest: str) -> Response:
     state = get_state()
     d = _digest(digest)
-    path = state.store.blob_path(d)
-    if not path.is_file():
-        raise RequestError(404, "blob not found")
-    in_use = await trio.to_thread.run_sync(state.store.referenced_digests)
-    if d in in_use:
-        raise RequestError(409, "blob is referenced by a model")
-    path.unlink()
+
+    def delete() -> None:
+        path = state.store.blob_path(d)
+        if not path.is_file():
+            raise RequestError(404, "blob not found")
+        if d in state.store.referenced_digests():
+            raise RequestError(409, "blob is referenced by a model")
+        path.unlink(missing_ok=True)
+
+    await trio.to_thread.run_sync(delete)
     return Response("", status=200)
+
+
+class _Upload:
+    """A blob upload being written: a temporary file of the store, its sha256 and its size,
+    all updated in a worker thread one chunk at a time."""
+
+    def __init__(self, directory: str, limit: int | None) -> None:
+        fd, self.path = tempfile.mkstemp(dir=directory, prefix="upload-")
+        self.file = os.fdopen(fd, "wb")
+        self.hasher = hashlib.sha256()
+        self.n_bytes = 0
+        self.limit = limit
+
+    def write(self, chunk: bytes) -> None:
+        self.n_bytes += len(chunk)
+        if self.limit is not None and self.n_bytes > self.limit:
+            raise RequestError(413, f"blob larger than POWER_MAX_BLOB_BYTES ({self.limit} bytes)")
+        self.hasher.update(chunk)
+        self.file.write(chunk)
+
+    def discard(self) -> None:
+        self.file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def _upload_limit(tmp_dir: str, max_blob_bytes: int | None) -> int | None:
+    """The most bytes an upload may have: POWER_MAX_BLOB_BYTES and the disk's free space."""
+    free = shutil.disk_usage(tmp_dir).free
+    return free if max_blob_bytes is None else min(free, max_blob_bytes)
 
 
 @blueprint.route("/api/blobs/<digest>", methods=["POST"])
 async def blob_post(digest: str) -> Response:
-    """Stream the upload to a temp file in the store, verify its sha256, move it into place."""
+    """Stream the upload to a temp file in the store, verify its sha256, move it into place.
+    An existing blob is answered at once (the body is not read: the connection closes)."""
     state = get_state()
     d = _digest(digest)
-    if state.store.has_blob(d):
-        # consume the body so the connection stays usable
-        async for _ in request.body:
-            pass
+    if await trio.to_thread.run_sync(state.store.has_blob, d):
         return Response("", status=200)
-    tmp_dir = state.store.temp_dir()
-    fd, tmp_name = await trio.to_thread.run_sync(
-        lambda: tempfile.mkstemp(dir=tmp_dir, prefix="upload-")
-    )
-    hasher = hashlib.sha256()
+    tmp_dir = str(await trio.to_thread.run_sync(state.store.temp_dir))
+    limit = await trio.to_thread.run_sync(_upload_limit, tmp_dir, state.settings.max_blob_bytes)
+    declared = request.content_length
+    if declared is not None and limit is not None and declared > limit:
+        raise RequestError(413, f"blob of {declared} bytes is larger than the server accepts")
+    upload = await trio.to_thread.run_sync(_Upload, tmp_dir, limit)
     try:
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.body:
-                hasher.update(chunk)
-                await trio.to_thread.run_sync(out.write, chunk)
-        actual = "sha256:" + hasher.hexdigest()
+        async for chunk in request.body:
+            await trio.to_thread.run_sync(upload.write, chunk)
+        await trio.to_thread.run_sync(upload.file.close)
+        actual = "sha256:" + upload.hasher.hexdigest()
         if actual != d:
             raise RequestError(400, f"digest mismatch, expected {d}, got {actual}")
         try:
-            await trio.to_thread.run_sync(lambda: state.store.add_blob_file(tmp_name, d, move=True))
+            await trio.to_thread.run_sync(
+                lambda: state.store.add_blob_file(upload.path, d, move=True)
+            )
         except DigestMismatchError as exc:
             raise RequestError(400, str(exc)) from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RequestError(507, "not enough disk space on the server for this blob") from None
+        raise
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(upload.discard)
     return Response("", status=201)

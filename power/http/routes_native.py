@@ -17,6 +17,7 @@ from typing import Any
 from quart import Blueprint, Response, jsonify, request
 
 from power.engine.types import EngineError
+from power.http.errors import describe
 from power.http.jobs import chat_job, embed_texts, generate_job, merge_stream
 from power.http.running import effective_options, resolve_model, use_model
 from power.http.schemas import (
@@ -29,6 +30,7 @@ from power.http.schemas import (
 )
 from power.http.state import get_state
 from power.http.streaming import ndjson_line
+from power.options import OptionError
 
 blueprint = Blueprint("native", __name__)
 
@@ -66,8 +68,8 @@ async def respond(chunks: AsyncIterator[dict[str, Any]], *, stream: bool, kind: 
             yield ndjson_line(_native(first))
             async for chunk in chunks:
                 yield ndjson_line(_native(chunk))
-        except (RequestError, EngineError) as exc:
-            yield ndjson_line({"error": str(exc)})
+        except (RequestError, EngineError, OptionError) as exc:
+            yield ndjson_line({"error": describe(exc)[1]})
         finally:
             await chunks.aclose()
 
@@ -101,7 +103,7 @@ async def embed() -> Response:
     t_start = time.perf_counter_ns()
     state = get_state()
     req = parse_request(EmbedRequest, await request.get_data())
-    ref = resolve_model(state, req.model)
+    ref = await resolve_model(state, req.model)
     ref.require_embedding()
     options = effective_options(state, ref, req.options)
     if not req.input:
@@ -141,7 +143,7 @@ async def embed() -> Response:
 async def embeddings_legacy() -> Response:
     state = get_state()
     req = parse_request(EmbeddingsRequest, await request.get_data())
-    ref = resolve_model(state, req.model)
+    ref = await resolve_model(state, req.model)
     ref.require_embedding()
     options = effective_options(state, ref, req.options)
     if not req.prompt:

@@ -17,18 +17,21 @@ from quart import Blueprint, Response, jsonify, request
 from power.engine.types import EngineError
 from power.http import openai_compat as oa
 from power.http.answering import answer
+from power.http.errors import public_message
 from power.http.jobs import chat_job, embed_texts, generate_job
 from power.http.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from power.http.running import effective_options, resolve_model
 from power.http.schemas import RequestError, parse_request
 from power.http.state import get_state
 from power.http.streaming import SSE_DONE, sse_event
+from power.options import OptionError
 from power.registry import models as store_models
 
 blueprint = Blueprint("openai", __name__)
 
 
 def openai_error_response(status: int, message: str) -> Response:
+    message = public_message(message)
     if status == 404 and message.startswith("model '"):
         body = oa.openai_error(404, message, param="model", code="model_not_found")
     else:
@@ -46,6 +49,11 @@ async def _request_error(exc: RequestError) -> Response:
 @blueprint.errorhandler(EngineError)
 async def _engine_error(exc: EngineError) -> Response:
     return openai_error_response(exc.status, str(exc))
+
+
+@blueprint.errorhandler(OptionError)
+async def _option_error(exc: OptionError) -> Response:
+    return openai_error_response(400, str(exc))
 
 
 async def _completion(request_class: type, to_native: Any, job: Any, kind: str) -> Response:
@@ -87,7 +95,7 @@ async def embeddings() -> Response:
     state = get_state()
     req = parse_request(EmbeddingRequest, await request.get_data())
     native = oa.embed_request_from_openai(req)
-    ref = resolve_model(state, native.model)
+    ref = await resolve_model(state, native.model)
     ref.require_embedding()
     if not native.input:
         raise RequestError(400, "invalid input: input must not be empty")
@@ -123,5 +131,5 @@ async def list_models() -> Response:
 @blueprint.route("/v1/models/<path:model_id>", methods=["GET"])
 async def get_model(model_id: str) -> Response:
     state = get_state()
-    ref = resolve_model(state, model_id)
+    ref = await resolve_model(state, model_id)
     return jsonify(oa.model_object(ref.name, ref.resolved.modified_at))

@@ -16,6 +16,7 @@ from quart import Blueprint, Response, jsonify, request
 from power.engine.types import EngineError
 from power.http import responses_compat as rc
 from power.http.answering import answer
+from power.http.errors import describe
 from power.http.jobs import chat_job
 from power.http.openai_compat import openai_error
 from power.http.responses_schemas import ResponsesRequest
@@ -43,7 +44,7 @@ async def _request_error(exc: RequestError) -> Response:
 
 @blueprint.errorhandler(EngineError)
 async def _engine_error(exc: EngineError) -> Response:
-    return _error_response(exc.status, str(exc))
+    return _error_response(*describe(exc))
 
 
 @blueprint.route("/v1/responses", methods=["POST"])

@@ -1,7 +1,8 @@
 """A stored model made ready to run, and everything the HTTP layer hands to the engine.
 
 This is the one place that builds the engine's inputs from a request: `resolve_model` (store →
-`ModelRef`, 404 if missing), `effective_options` (power defaults < Modelfile PARAMETERs <
+`ModelRef`, 404 if missing; the store is read in a worker thread, and only when the manifest
+changed since the last request: `state.resolved`), `effective_options` (power defaults < Modelfile PARAMETERs <
 request options), `load_spec` and `instance_info` (what `ModelManager.use` gets), `use_model`
 (hold the loaded model for a block), `generation_params` (one generation's `GenerationParams`).
 A change of the engine's input types is a change of this module only.
@@ -12,10 +13,12 @@ Every failure here is a `RequestError` with the status the client should see.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
+import trio
 
 from power.engine.grammar import JSON_GBNF, json_schema_to_gbnf
 from power.engine.model import LoadedModel, LoadSpec
@@ -27,9 +30,11 @@ from power.messages import Tool, ToolChoice
 from power.options import OptionError, Options
 from power.prompt.toolgrammar import tool_call_grammar
 from power.registry.gguf_meta import GGUFInfo, read_gguf_info_cached
-from power.registry.models import ResolvedModel, resolve
+from power.registry.models import ResolvedModel
 from power.registry.names import InvalidNameError, ModelName
-from power.registry.store import ModelNotFoundError
+from power.registry.store import ModelNotFoundError, StoreError
+
+log = logging.getLogger(__name__)
 
 
 @attrs.define
@@ -53,20 +58,37 @@ class ModelRef:
             raise RequestError(400, f'"{self.name}" does not support {capability}')
 
 
-def resolve_model(state: ServerState, name: str) -> ModelRef:
+async def resolve_model(state: ServerState, name: str) -> ModelRef:
+    """The stored model `name`, ready to run: 400 for a bad name or a model without a model
+    layer, 404 when it is not in the store, 500 when the store cannot be read. The store is
+    read in a worker thread (the trio thread never waits on the disk), and only when the
+    model's manifest changed since it was last read."""
     if not name:
         raise RequestError(400, "model is required")
     try:
         parsed = ModelName.parse(name)
     except InvalidNameError as exc:
         raise RequestError(400, str(exc)) from None
+
+    def read() -> tuple[ResolvedModel, GGUFInfo]:
+        resolved = state.resolved.lookup(parsed)
+        if resolved.model_path is None:
+            raise RequestError(400, f"model '{parsed.display}' has no model layer")
+        try:
+            return resolved, resolved.info or read_gguf_info_cached(resolved.model_path)
+        except (OSError, ValueError) as exc:
+            log.error("cannot read the model file of %s: %s", parsed.display, exc)
+            raise RequestError(
+                500,
+                f"model '{parsed.display}' cannot be read: its model file is missing or damaged",
+            ) from None
+
     try:
-        resolved = resolve(state.store, name)
+        resolved, info = await trio.to_thread.run_sync(read)
     except ModelNotFoundError:
         raise RequestError(404, f"model '{name}' not found") from None
-    if resolved.model_path is None:
-        raise RequestError(400, f"model '{parsed.display}' has no model layer")
-    info = resolved.info or read_gguf_info_cached(resolved.model_path)
+    except StoreError as exc:
+        raise RequestError(500, str(exc)) from None
     return ModelRef(name=parsed.display, resolved=resolved, info=info)
 
 
@@ -121,15 +143,18 @@ def instance_info(ref: ModelRef) -> dict[str, Any]:
 async def use_model(
     state: ServerState, ref: ModelRef, options: Options, keep_alive: float | None
 ) -> AsyncIterator[LoadedModel]:
-    """Hold `ref` loaded (loading it if needed) for the block; engine errors become 4xx/5xx."""
-    spec = load_spec(state, ref, options)
+    """Hold `ref` loaded (loading it if needed) for the block; engine errors become 4xx/5xx,
+    and an option the load refuses (`OptionError`) a 400 naming it."""
     try:
+        spec = load_spec(state, ref, options)
         async with state.manager.use(
             ref.name, spec, keep_alive=keep_alive, info=instance_info(ref)
         ) as model:
             yield model
     except EngineError as exc:
         raise RequestError(exc.status, str(exc)) from None
+    except OptionError as exc:
+        raise RequestError(400, str(exc)) from None
 
 
 def grammar_for(format_: str | dict | None) -> str | None:

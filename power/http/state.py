@@ -12,18 +12,24 @@ from quart import Response, current_app, jsonify
 
 from power.config import Settings
 from power.engine.manager import ModelManager
+from power.http.errors import public_message
 from power.http.metrics import Metrics
+from power.registry.resolve_cache import ResolveCache
 from power.registry.store import Store
 
 
 @attrs.define
 class ServerState:
-    """What every handler shares. The manager owns the loaded models; the store the files."""
+    """What every handler shares. The manager owns the loaded models; the store the files;
+    `resolved` remembers resolved models per manifest file (`power.registry.resolve_cache`)."""
 
     settings: Settings
     store: Store
     manager: ModelManager
     metrics: Metrics
+    resolved: ResolveCache = attrs.field(
+        default=attrs.Factory(lambda self: ResolveCache(self.store), takes_self=True)
+    )
 
 
 def get_state() -> ServerState:
@@ -32,7 +38,7 @@ def get_state() -> ServerState:
 
 
 def error_response(status: int, message: str) -> Response:
-    """Ollama's error body: `{"error": message}` with `status`."""
-    response = jsonify({"error": message})
+    """Ollama's error body: `{"error": message}` with `status` (server paths cut from it)."""
+    response = jsonify({"error": public_message(message)})
     response.status_code = status
     return response

@@ -14,13 +14,14 @@ flock-based) and `partial` (download files and locks) coordinate them; `store` u
 `prune` cleans up after processes that died (`sweep`).
 
 Modules: `names`, `manifest`, `locks`, `partial`, `sweep` → `store` (blobs, manifests,
-pruning) → `gguf_meta` (GGUF headers),
-`modelfile` (parse and print) → `create`, `models` (resolve, show, list, copy, delete) → `oci`
-(the HTTP client) → `pull`, `push`, `update`.
+pruning) → `gguf_meta` (GGUF headers), `modelfile` (parse and print), `local_paths` (the one
+rule for `from` naming a path of this machine) → `create`, `models` (resolve, show, list, copy,
+delete) → `resolve_cache` (resolved models per manifest file) → `oci` (the HTTP client) →
+`pull`, `push`, `update`.
 
 May import: `power.convert` (safetensors folders), `power.gotemplate` (Go's value printing for
 `show`'s parameters), and the shared leaf modules (`power.messages`, `power.options`,
-`power.version`). Never `power.http`, `power.engine`, `power.prompt` or `power.cli`: the JSON
+`power.config`, `power.version`). Never `power.http`, `power.engine`, `power.prompt` or `power.cli`: the JSON
 of its results is written by `power.http.model_json`; llama.cpp is reached only for
 quantization, through `llama_cpp` itself.
 """

@@ -4,10 +4,11 @@ The base comes from one of:
 - `from` naming a model in the store: its layers are inherited (each gets `from: <name>`);
 - `files` `{file name: digest}` naming uploaded blobs: GGUF files (model, projector or adapter,
   told apart by their metadata) or a safetensors folder's files (converted to GGUF);
-- power's extension: `from` a local path (`/…`, `./…`, `../…`, `~/…`) of a GGUF file (copied
-  in), of a safetensors folder (converted by `power.convert.converter.convert_folder`), or of a
-  folder of GGUF files (each copied in: a model and its vision projector). The CLI uses it for
-  `FROM ./folder` of safetensors when the server runs on the same machine.
+- power's extension: `from` an absolute local path (`/…`, `~/…`) of a GGUF file (copied in), of
+  a safetensors folder (converted by `power.convert.converter.convert_folder`), or of a folder of
+  GGUF files (each copied in: a model and its vision projector); which `from` values are paths,
+  and who may use them, is `power.registry.local_paths`'s one rule. The CLI uses it for
+  `FROM ./folder` of safetensors (sent absolute) when the server runs on the same machine.
 - power's extension: `from` together with `files` adds the uploaded vision projector(s) to the
   base (Ollama ignores `files` when `from` is set): `FROM llava:7b` + `FROM ./mmproj.gguf`.
 
@@ -57,6 +58,7 @@ from power.registry.gguf_meta import (
     is_gguf_file,
     read_gguf_info_cached,
 )
+from power.registry.local_paths import LocalPathError, local_source_path
 from power.registry.modelfile import gguf_files_in_folder
 from power.registry.names import ModelName
 from power.registry.store import (
@@ -240,15 +242,14 @@ class _Job:
 # ---------------------------------------------------------------- base layers
 
 
-def _is_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~/")) or source in (".", "..", "~")
-
-
 def _from_source(job: _Job, source: str) -> tuple[list[_Built], dict[str, Any]]:
     """Layers (and the base config) for `from`: a model in the store or a local path."""
     store = job.store
-    if _is_local_path(source):
-        path = Path(source).expanduser()
+    try:
+        path = local_source_path(source)
+    except LocalPathError as error:
+        raise CreateError(str(error)) from None
+    if path is not None:
         if path.is_dir():
             ggufs = gguf_files_in_folder(path)
             if ggufs:
