@@ -500,3 +500,25 @@ def test_pull_from_an_unreachable_registry_is_an_error_not_a_crash(http: httpx.C
     assert isinstance(answer.json()["error"], str)
     assert_serving(http)
     assert http.get("/api/tags").json() == {"models": []}
+
+
+def test_a_blob_a_model_references_is_not_deleted(
+    http: httpx.Client, empty_store_server: tuple[str, Path]
+):
+    _, store = empty_store_server
+    data = b"a layer some model uses"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert http.post(f"/api/blobs/{digest}", content=data).status_code == 201
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "uses-blob" / "latest"
+    manifest.parent.mkdir(parents=True)
+    layer = {"mediaType": "application/vnd.ollama.image.model", "digest": digest, "size": len(data)}
+    config = {**layer, "mediaType": "application/vnd.docker.container.image.v1+json"}
+    body = {"schemaVersion": 2, "config": config, "layers": [layer]}
+    manifest.write_text(json.dumps(body))
+    try:
+        assert_json_error(http.delete(f"/api/blobs/{digest}"), 409)
+        assert http.head(f"/api/blobs/{digest}").status_code == 200
+    finally:
+        manifest.unlink()
+    assert http.delete(f"/api/blobs/{digest}").status_code == 200
+    assert http.head(f"/api/blobs/{digest}").status_code == 404

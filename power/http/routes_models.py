@@ -251,9 +251,10 @@ async def blob_delete(digest: str) -> Response:
         path = state.store.blob_path(d)
         if not path.is_file():
             raise RequestError(404, "blob not found")
-        if d in state.store.referenced_digests():
-            raise RequestError(409, "blob is referenced by a model")
-        path.unlink(missing_ok=True)
+        # Under the store's lock, and not while a create or pull in progress has pinned it: a
+        # check-then-unlink here would race the operation that is about to reference it.
+        if not state.store.remove_unreferenced([d]):
+            raise RequestError(409, "blob is in use by a model or an operation in progress")
 
     await trio.to_thread.run_sync(delete)
     return Response("", status=200)
