@@ -150,6 +150,27 @@ class Context(Protocol):
 
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None: ...
 
+    def seq_pos_max(self, seq: int) -> int:
+        """The last position `seq` holds a cell for; -1 when it holds none."""
+        ...
+
+    # The persistent prompt cache (`power.engine.promptcache`). Optional: a context without
+    # `seq_state_get` (e.g. a model split over RPC workers) has no persistent prompt cache.
+    # Both block (a copy of the cells) and run in a worker thread under the context's limiter.
+
+    #: what the state bytes depend on beside the model and the load options (e.g. the version
+    #: of the library that serialises them): part of the cache key
+    seq_state_format: str
+
+    def seq_state_get(self, seq: int) -> bytes | bytearray:
+        """The state of sequence `seq` (its cells and their positions) as bytes."""
+        ...
+
+    def seq_state_set(self, seq: int, data: bytes | bytearray) -> int:
+        """Replace the cells of `seq` by a state from `seq_state_get` (of a context loaded
+        the same way); returns the cells `seq` now holds, 0 when the state is refused."""
+        ...
+
     def close(self) -> None: ...
 
 
