@@ -327,3 +327,61 @@ def test_file_identity_uses_the_blob_digest(tmp_path):
     spec = LoadSpec(model_path=str(blob))
     assert model_key(spec, "f/1") != model_key(spec, "f/2")
     assert model_key(spec, "f/1") != model_key(LoadSpec(model_path=str(blob), num_ctx=8), "f/1")
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+async def test_a_held_write_does_not_hold_the_loop(tmp_path):
+    cache = await reopened(tmp_path)
+    async with cached_model(cache) as model:
+        await generate(model, PROMPT)
+        write = cache.run_sync.hold("write_atomically")
+        text, _ = await generate(model, [BOS, 40, 41, 42, 43])  # evicts: the save waits
+        assert text == "44 45 46 47 " and write.reached.is_set()
+        assert cache.entries == {} and cache.n_pending_bytes > 0
+        write.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(cache.entries) == 1 and cache.n_pending_bytes == 0
+
+
+async def test_an_unload_during_the_eviction_read_leaves_consistent_cells(tmp_path):
+    cache = await reopened(tmp_path)
+    backend, worker = FakeBackend(), Worker()
+    spec = LoadSpec(model_path="fake", num_ctx=64, num_parallel=1)
+    loaded = await LoadedModel.open(spec, backend=backend, run_sync=worker, prompt_cache=cache)
+    loaded.fake = backend.opened[-1][2]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(loaded.run)
+        await generate(loaded, PROMPT)
+        read = worker.hold("read")  # the eviction's state read, in the worker
+        gen = submit(loaded, params([BOS, 40, 41, 42, 43]))
+        await read.reached.wait()
+        nursery.cancel_scope.cancel()  # the unload
+        read.release()
+    slot = loaded.runner.scheduler.slots[0]
+    assert gen.state.name == "FAILED"
+    assert loaded.fake.tokens(0) == slot.cached == [BOS]  # the admission's drop still happened
+    assert await loaded.save_prompt_cache() == 0  # [BOS] is too short to save
+    loaded.close()
+    for entry in cache.entries.values():  # the eviction's save, if it got through, is right
+        assert entry.tokens == [*PROMPT, 12, 13, 14]
+    assert cache.n_pending_bytes == 0
+
+
+async def test_a_generation_cancelled_during_its_restore_frees_its_slot(tmp_path):
+    cache = await reopened(tmp_path)
+    async with cached_model(cache) as model:
+        await generate(model, PROMPT)
+    cache = await reopened(tmp_path)
+    async with cached_model(cache) as model:
+        restore = model.runner.run_sync.hold("_restore_sync")
+        gen = submit(model, params(PROMPT))
+        await restore.reached.wait()
+        model.runner.cancel(gen)
+        restore.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert gen.state.name == "CANCELLED"
+        assert_quiescent(model)
+        text, last = await generate(model, PROMPT)  # the cells went with the cancelled one
+    assert text == "12 13 14 15 " and last.prompt_cached_count == len(PROMPT) - 1
