@@ -336,7 +336,7 @@ async def test_a_held_write_does_not_hold_the_loop(tmp_path):
     cache = await reopened(tmp_path)
     async with cached_model(cache) as model:
         await generate(model, PROMPT)
-        write = cache.run_sync.hold("write_atomically")
+        write = cache.run_sync.hold("_write_sync")
         text, _ = await generate(model, [BOS, 40, 41, 42, 43])  # evicts: the save waits
         assert text == "44 45 46 47 " and write.reached.is_set()
         assert cache.entries == {} and cache.n_pending_bytes > 0
@@ -385,3 +385,19 @@ async def test_a_generation_cancelled_during_its_restore_frees_its_slot(tmp_path
         assert_quiescent(model)
         text, last = await generate(model, PROMPT)  # the cells went with the cancelled one
     assert text == "12 13 14 15 " and last.prompt_cached_count == len(PROMPT) - 1
+
+
+async def test_real_worker_threads_save_and_restore(tmp_path):
+    for round_ in range(2):
+        cache = PromptCache(tmp_path, max_bytes=1 << 20, min_tokens=4)  # trio.to_thread
+        await cache.open()
+        spec = LoadSpec(model_path="fake", num_ctx=64, num_parallel=1)
+        loaded = await LoadedModel.open(spec, backend=FakeBackend(), prompt_cache=cache)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loaded.run)
+            text, last = await read_all(submit(loaded, params(PROMPT)))
+            nursery.cancel_scope.cancel()
+        await loaded.save_prompt_cache()
+        loaded.close()
+        assert text == "12 13 14 15 "
+        assert last.prompt_cached_count == (len(PROMPT) - 1 if round_ else 0)

@@ -356,9 +356,7 @@ class PromptCache:
         n_bytes = len(payload)
         name = entry_name(key, tokens)
         try:
-            size = await self.run_sync(
-                write_atomically, self.folder / name, encode(key, tokens, payload)
-            )
+            size = await self.run_sync(self._write_sync, self.folder / name, key, tokens, payload)
         except Exception as exc:  # noqa: BLE001 - a cache must never fail its caller
             log.warning("could not save a prompt cache file: %s", exc)
             return False
@@ -390,6 +388,11 @@ class PromptCache:
             return None
         entry.last_used = self.wall_clock()
         return payload
+
+    @staticmethod
+    def _write_sync(path: Path, key: str, tokens: list[int], payload: bytes) -> int:
+        # the checksum too is computed here, off the trio thread (tens of ms for a long prefix)
+        return write_atomically(path, encode(key, tokens, payload))
 
     def restored(self, n_tokens: int) -> None:
         """The runner restored `n_tokens` prompt tokens from a file."""
