@@ -72,7 +72,7 @@ async def one_round(
         async with load(path, options, num_parallel=1, prompt_cache=cache) as model:
             cold = await first_chunk(model, system + questions[0])
             memory = await first_chunk(model, system + questions[1])
-        n_bytes = cache.n_bytes
+        n_bytes = cache.n_bytes // max(1, len(cache.entries))
         cache = PromptCache(folder, max_bytes=4 << 30, min_tokens=256)  # as after a restart
         await cache.open()
         async with load(path, options, num_parallel=1, prompt_cache=cache) as model:
@@ -108,7 +108,9 @@ def bench_prompt_cache(model: LlamaModel, path: Path, n_system: int, threads: in
     for name, i in (("cold", 0), ("memory", 1), ("restored", 2)):
         cached = results[0][i][1]
         print(f"  {name:9s} {best(i) * 1e3:8.1f}  (runs {runs(i)}; {cached} prompt tokens cached)")
-    print(f"  file: {results[0][3] / 2**20:.1f} MiB for the slot's cells")
+    print(
+        f"  file: {results[0][3] / 2**20:.1f} MiB for the slot's cells ({n_system} + a few tokens)"
+    )
     print_summary(
         "ttft restored/cold",
         restored / cold,

@@ -401,3 +401,13 @@ async def test_real_worker_threads_save_and_restore(tmp_path):
         loaded.close()
         assert text == "12 13 14 15 "
         assert last.prompt_cached_count == (len(PROMPT) - 1 if round_ else 0)
+
+
+async def test_dropping_a_short_tail_after_a_kept_prefix_writes_no_file(tmp_path):
+    cache = await reopened(tmp_path)
+    async with cached_model(cache) as model:
+        await generate(model, PROMPT)  # cells: PROMPT, 12, 13, 14
+        await generate(model, [*PROMPT, 12, 13, 30])  # keeps 13 cells, drops 1
+        assert model.fake.states_got == [] and files(tmp_path) == []
+    (entry,) = cache.entries.values()  # the unload saves the longer prefix, once
+    assert entry.tokens == [*PROMPT, 12, 13, 30, 31, 32, 33]

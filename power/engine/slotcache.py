@@ -5,7 +5,8 @@ restore saved cells into a newly admitted slot.
 steps of its loop (so no decode ever races these calls):
 
 - admission (`save_evicted`): a slot handed to a prompt that does not continue its cells loses
-  them; its state is read (`Context.seq_state_get`, one worker call under the context's
+  them; when at least `min_tokens` of them are lost (a short tail after a kept prefix is not
+  worth a file: the prefix is saved with its next tail), its state is read (`Context.seq_state_get`, one worker call under the context's
   limiter for all such slots) before the runner drops them, and written to the cache folder in
   the background (`background`, a nursery the model's task owns) or at once without one;
 - admission (`restore`): when the cache holds a longer prefix of the new prompt than the slot's
@@ -34,7 +35,7 @@ import trio
 
 from power.engine.backend import Context, WorkerRunner
 from power.engine.promptcache import PromptCache
-from power.engine.scheduler import Admission, Slot
+from power.engine.scheduler import Admission, Slot, common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,10 @@ class SlotPersistence:
         for admission in admissions:
             slot = admission.slot
             old = before[slot.seq_id]
-            n_kept = 0 if admission.copy_from is not None else admission.n_reuse
-            if n_kept >= len(old) or not exact[slot.seq_id]:
-                continue
+            # what stays in memory: the new prompt's first n_reuse tokens, here or copied
+            n_kept = min(admission.n_reuse, common_prefix(old, admission.request.prompt))
+            if len(old) - n_kept < self.cache.min_tokens or not exact[slot.seq_id]:
+                continue  # a short tail is not worth a file: its prefix is saved later
             if (
                 len(old) >= self.cache.min_tokens
                 and min(old) >= 0
