@@ -26,6 +26,7 @@ from power.engine.promptcache import (
     file_identity,
     model_key,
 )
+from power.engine.types import GenerationParams
 from tests.fake_backend import BOS, FakeBackend, Worker
 from tests.test_runner_fake import assert_quiescent, params, read_all, submit
 
@@ -51,11 +52,18 @@ async def cached_model(
     num_ctx: int = 64,
     adapters: tuple[str, ...] = (),
     n_slots: int = 1,
+    projector_path: str | None = None,
 ):
     """A fake model on `cache`; leaving the block unloads it (saving its slots, as the
     manager does)."""
     backend = FakeBackend()
-    spec = LoadSpec(model_path=model_path, num_ctx=num_ctx, num_parallel=n_slots, adapters=adapters)
+    spec = LoadSpec(
+        model_path=model_path,
+        num_ctx=num_ctx,
+        num_parallel=n_slots,
+        adapters=adapters,
+        projector_path=projector_path,
+    )
     loaded = await LoadedModel.open(spec, backend=backend, run_sync=Worker(), prompt_cache=cache)
     loaded.fake = backend.opened[-1][2]
     try:
@@ -411,3 +419,44 @@ async def test_dropping_a_short_tail_after_a_kept_prefix_writes_no_file(tmp_path
         assert model.fake.states_got == [] and files(tmp_path) == []
     (entry,) = cache.entries.values()  # the unload saves the longer prefix, once
     assert entry.tokens == [*PROMPT, 12, 13, 30, 31, 32, 33]
+
+
+async def test_prefixes_with_images_are_never_saved_but_their_text_prefix_restores(tmp_path):
+    cache = await reopened(tmp_path)
+    text = " ".join(str(t) for t in PROMPT)
+    async with cached_model(cache, projector_path="fake-mmproj") as model:
+        tokens, images = await model.tokenize_with_images([text, b"\x30\x31\x32", "50 51"])
+        image_params = GenerationParams(
+            prompt=tuple(tokens), images=images, options=params(PROMPT).options
+        )
+        await read_all(model.runner.submit(image_params, model.make_sampler(image_params)))
+    assert files(tmp_path) == []  # the slot's cells hold an image
+    async with cached_model(cache, projector_path="fake-mmproj") as model:
+        await generate(model, PROMPT)  # text only: saved at unload
+    assert len(files(tmp_path)) == 1
+    cache = await reopened(tmp_path)
+    async with cached_model(cache, projector_path="fake-mmproj") as model:
+        gen = model.runner.submit(image_params, model.make_sampler(image_params))
+        _, last = await read_all(gen)
+        assert model.projector.encoded == [b"\x30\x31\x32"]
+    assert last.prompt_cached_count == len(PROMPT)  # up to the image, which is evaluated
+
+
+def test_settings(monkeypatch, tmp_path):
+    from power.config import DEFAULT_PROMPT_CACHE_SIZE, Settings
+
+    monkeypatch.setenv("POWER_MODELS", str(tmp_path / "models"))
+    settings = Settings.from_env()
+    assert settings.prompt_cache_path == tmp_path / "models" / "prompt-cache"
+    assert settings.prompt_cache_size == DEFAULT_PROMPT_CACHE_SIZE
+    assert settings.prompt_cache_min_tokens == 256
+    monkeypatch.setenv("POWER_PROMPT_CACHE_DIR", str(tmp_path / "pc"))
+    monkeypatch.setenv("POWER_PROMPT_CACHE_SIZE", "500M")
+    monkeypatch.setenv("POWER_PROMPT_CACHE_MIN_TOKENS", "1000")
+    settings = Settings.from_env()
+    assert settings.prompt_cache_path == tmp_path / "pc"
+    assert settings.prompt_cache_size == 500 << 20
+    assert settings.prompt_cache_min_tokens == 1000
+    for off in ("0", "-1", "0G"):
+        monkeypatch.setenv("POWER_PROMPT_CACHE_SIZE", off)
+        assert Settings.from_env().prompt_cache_size == 0
