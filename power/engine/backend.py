@@ -18,8 +18,8 @@ image bytes (decoding PNG/JPEG/... on the way) into token ids and `ImageChunk`s,
 chunk into an `EmbeddingBatch` that `Context.decode_embeddings` evaluates in a sequence's KV cells.
 
 Threading: `Backend.open`, `Context.decode_batch`, `Context.decode_embeddings`,
-`Context.logits_row`, `Projector.tokenize` and `Projector.encode` block and run in a worker
-thread (`WorkerRunner`, `trio.to_thread.run_sync` in production). Decoding and encoding happen one
+`Context.logits_row`, `Context.seq_state_get`/`seq_state_set` (the persistent prompt cache),
+`Projector.tokenize` and `Projector.encode` block and run in a worker thread (`WorkerRunner`, `trio.to_thread.run_sync` in production). Decoding and encoding happen one
 at a time per context (the runner's step loop, under the context's limiter); `Projector.tokenize`
 may run in any worker thread at the same time (mtmd's tokenizer only reads its context). The
 sequence operations and token pieces are cheap and run on the trio thread between decodes. None
