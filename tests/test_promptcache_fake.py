@@ -460,3 +460,47 @@ def test_settings(monkeypatch, tmp_path):
     for off in ("0", "-1", "0G"):
         monkeypatch.setenv("POWER_PROMPT_CACHE_SIZE", off)
         assert Settings.from_env().prompt_cache_size == 0
+
+
+async def test_a_queued_prompt_reads_its_file_while_the_loop_decodes(tmp_path):
+    cache = await reopened(tmp_path)
+    async with cached_model(cache) as model:
+        await generate(model, PROMPT)
+    cache = await reopened(tmp_path)
+    async with cached_model(cache, n_slots=2) as model:
+        step = model.runner.run_sync.hold("_execute")
+        other = submit(model, params([BOS, 40, 41, 42, 43], num_predict=2))
+        await step.reached.wait()  # the loop is inside a decode
+        gen = submit(model, params(PROMPT))
+        await trio.testing.wait_all_tasks_blocked()
+        assert cache.run_sync.calls["read_sync"] == 1  # read ahead, the decode still held
+        assert not model.fake.states_set
+        step.release()
+        _, last = await read_all(gen)
+        await read_all(other)
+        await trio.testing.wait_all_tasks_blocked()
+        assert_quiescent(model)
+        assert cache.run_sync.calls["read_sync"] == 1  # the admission used the bytes read
+        assert model.runner.persistence._reads == {} and model.runner.persistence._wanted == {}
+    assert last.prompt_cached_count == len(PROMPT) - 1
+
+
+async def test_a_withdrawn_request_drops_its_read_ahead(tmp_path):
+    cache = await reopened(tmp_path)
+    async with cached_model(cache) as model:
+        await generate(model, PROMPT)
+    cache = await reopened(tmp_path)
+    async with cached_model(cache) as model:
+        step = model.runner.run_sync.hold("_execute")
+        busy = submit(model, params([BOS, 40, 41, 42, 43], num_predict=2))
+        await step.reached.wait()
+        queued = [submit(model, params(PROMPT)) for _ in range(2)]
+        await trio.testing.wait_all_tasks_blocked()
+        persistence = model.runner.persistence
+        assert len(persistence._reads) == 1 and len(persistence._wanted) == 2
+        model.runner.cancel(queued[0])
+        assert len(persistence._reads) == 1  # the other still wants it
+        model.runner.cancel(queued[1])
+        assert persistence._reads == {} and persistence._wanted == {}
+        step.release()
+        await read_all(busy)

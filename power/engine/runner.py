@@ -164,6 +164,8 @@ class Runner:
         # repeat penalties look back into the prompt, as llama.cpp does (text only)
         sampler.observe(text_tokens(prompt) if params.images else prompt)
         self.scheduler.submit(generation)
+        if self.persistence is not None:
+            self.persistence.prefetch(generation, prompt)
         self._wake.set()
         return generation
 
@@ -177,6 +179,8 @@ class Runner:
         if generation.state is GenerationState.QUEUED:
             if self.scheduler.withdraw(generation):
                 generation.cancel()
+                if self.persistence is not None:
+                    self.persistence.forget(generation)
             return
         generation.cancel_requested = True
         self._wake.set()
@@ -251,6 +255,8 @@ class Runner:
             gen = self.scheduler.waiting.popleft()
             if not gen.done:
                 gen.fail(error)
+        if self.persistence is not None:
+            self.persistence.forget_all()
 
     def _fail_plan(self, plan: StepPlan, error: DecodeError) -> None:
         """A decode failed: fail the sequences of that batch only, drop their cells, go on."""
@@ -294,8 +300,9 @@ class Runner:
             for admission in admissions:
                 gen = admission.request
                 if gen.cancel_requested or gen.done:
+                    persistence.forget(gen)
                     continue
-                if await persistence.restore(admission.slot, gen.prompt) is not None:
+                if await persistence.restore(admission.slot, gen) is not None:
                     gen.n_prompt_evaluated = len(admission.slot.pending)
 
     def _drop_for(self, admission: Admission) -> None:

@@ -15,6 +15,11 @@ steps of its loop (so no decode ever races these calls):
   checked (0..n-1 for that sequence) and anything unexpected clears the sequence, so the prompt
   is then evaluated as if nothing had been cached. At most len(prompt) - 1 tokens are restored:
   the last one is evaluated for its logits;
+- submission (`prefetch`): when a queued prompt matches a saved prefix, its file is read and
+  checked in the background at once, while the loop goes on; its admission then finds the bytes
+  ready instead of reading the file between two steps (which would hold the model's other
+  sequences for that long). Reads held for queued requests take at most `PREFETCH_BYTES`;
+  a read is dropped when no queued request wants it any more (`forget`);
 - unload (`save_all`): the cells of every slot, most recently used first; the caller bounds
   the time it may take (`LoadedModel.save_prompt_cache`).
 
@@ -31,13 +36,26 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from power.engine.backend import Context, WorkerRunner
-from power.engine.promptcache import PromptCache
+from power.engine.promptcache import Entry, PromptCache
 from power.engine.scheduler import Admission, Slot, common_prefix
 
 log = logging.getLogger(__name__)
+
+#: Bytes of files read ahead for queued requests, at most.
+PREFETCH_BYTES = 256 << 20
+
+
+@attrs.define(eq=False)
+class _Read:
+    """A file read in the background for queued requests (`data` None: it failed)."""
+
+    entry: Entry
+    done: trio.Event = attrs.field(factory=trio.Event)
+    data: Any = None
 
 
 def supports_state(context: Context) -> bool:
@@ -63,6 +81,42 @@ class SlotPersistence:
         self.limiter = limiter
         self.run_sync = run_sync
         self.background: trio.Nursery | None = None
+        self._reads: dict[str, _Read] = {}  # entry name -> its read ahead
+        self._wanted: dict[int, str] = {}  # id(request) -> the entry name it waits for
+
+    # ------------------------------------------------------------------ reading ahead
+    def prefetch(self, request: Any, prompt: Sequence[int]) -> None:
+        """A request was queued: start reading the file its prompt would restore from, in the
+        background nursery (nothing without one, or beyond `PREFETCH_BYTES`)."""
+        if self.background is None:
+            return
+        hit = self.cache.lookup(self.key, prompt, len(prompt) - 1)
+        if hit is None:
+            return
+        entry = hit[0]
+        if entry.name not in self._reads:
+            held = sum(r.entry.n_bytes for r in self._reads.values())
+            if held + entry.n_bytes > min(PREFETCH_BYTES, self.cache.max_bytes):
+                return
+            read = self._reads[entry.name] = _Read(entry)
+            self.background.start_soon(self._read_ahead, read)
+        self._wanted[id(request)] = entry.name
+
+    async def _read_ahead(self, read: _Read) -> None:
+        try:
+            read.data = await self.cache.read(read.entry)
+        finally:
+            read.done.set()
+
+    def forget(self, request: Any) -> None:
+        """`request` was admitted, withdrawn or failed: drop a read nobody waits for any more."""
+        name = self._wanted.pop(id(request), None)
+        if name is not None and name not in self._wanted.values():
+            self._reads.pop(name, None)
+
+    def forget_all(self) -> None:
+        self._wanted.clear()
+        self._reads.clear()
 
     # ------------------------------------------------------------------ saving
     def saveable(self, slot: Slot, tokens: Sequence[int]) -> bool:
@@ -137,11 +191,17 @@ class SlotPersistence:
         return await self.run_sync(read, limiter=self.limiter)
 
     # ------------------------------------------------------------------ restoring
-    async def restore(self, slot: Slot, prompt: Sequence[int]) -> int | None:
+    async def restore(self, slot: Slot, request: Any) -> int | None:
         """Restore the longest saved prefix of `prompt` into `slot`'s sequence when it beats
         the slot's own cells by at least `min_tokens`. Returns the tokens now cached (the slot's
         `cached`/`pending` are updated), or None when nothing was tried. Cells whose restore
         failed are cleared (0 is returned): the whole prompt is then evaluated."""
+        try:
+            return await self._restore(slot, request.prompt)
+        finally:
+            self.forget(request)
+
+    async def _restore(self, slot: Slot, prompt: Sequence[int]) -> int | None:
         limit = len(prompt) - 1  # at least one token is evaluated, for its logits
         hit = self.cache.lookup(self.key, prompt, limit)
         if hit is None:
@@ -149,7 +209,12 @@ class SlotPersistence:
         entry, n = hit
         if n < len(slot.cached) + self.cache.min_tokens:
             return None
-        payload = await self.cache.read(entry)
+        read = self._reads.get(entry.name)
+        if read is not None:  # read ahead (perhaps still under way)
+            await read.done.wait()
+            payload = read.data
+        else:
+            payload = await self.cache.read(entry)
         if payload is None:
             return None
         ok = await self.run_sync(
