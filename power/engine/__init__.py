@@ -1,8 +1,8 @@
 """The inference engine: the only code that touches llama.cpp.
 
-`load(path, options)` is the programmatic entry point (see `power.engine.model`); pass it an
-opened `PromptCache` (`await PromptCache(folder, max_bytes=...).open()`) to keep long prompt
-prefixes on disk across loads and processes. The names
+`load(path, options)` is the programmatic entry point (see `power.engine.model`); pass it a
+`PromptCache` (`cache = PromptCache(folder, max_bytes=...)`, then `await cache.open()`) to keep
+long prompt prefixes on disk across loads and processes. The names
 below are imported on first use, so that light modules (`power.engine.errors`, used by
 `power.options`) can be imported without loading the whole engine.
 """
