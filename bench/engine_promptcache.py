@@ -103,11 +103,15 @@ def bench_prompt_cache(model: LlamaModel, path: Path, n_system: int, threads: in
     def runs(i: int) -> str:
         return ", ".join(f"{r[i][0] * 1e3:.0f}" for r in results)
 
+    def cached(i: int) -> str:
+        return ", ".join(str(r[i][1]) for r in results)
+
     cold, memory, restored = best(0), best(1), best(2)
     print(f"  (ms, best of {len(results)}; from the call to generate to the first chunk)")
     for name, i in (("cold", 0), ("memory", 1), ("restored", 2)):
-        cached = results[0][i][1]
-        print(f"  {name:9s} {best(i) * 1e3:8.1f}  (runs {runs(i)}; {cached} prompt tokens cached)")
+        print(
+            f"  {name:9s} {best(i) * 1e3:8.1f}  (runs {runs(i)}; prompt tokens cached {cached(i)})"
+        )
     print(
         f"  file: {results[0][3] / 2**20:.1f} MiB for the slot's cells ({n_system} + a few tokens)"
     )
