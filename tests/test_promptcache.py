@@ -118,3 +118,41 @@ async def test_no_hit_across_models_load_options_or_adapters(tmp_path, gemma_ggu
     # each of them saved its own file; the first load's file is still a hit
     assert len(list(folder.glob("*.pcache"))) == n_files + 3
     assert (await greedy(gemma_gguf, folder))[1] > 300
+
+
+def test_restored_cells_are_the_evaluated_ones_and_give_the_same_logits(gemma_gguf):
+    """The real backend's seam: a state read, restored into another context's sequence, holds
+    the same cells (its state reads back byte for byte) at positions 0..n-1, and the next token's
+    logits equal those of the context that evaluated them (flash attention off: with it on, the
+    CPU kernel is not invariant to the cells' history, see the module docstring)."""
+    import numpy as np
+
+    from power.engine.backend import BatchEntry
+    from power.engine.llama import ModelLoadParams, open_model
+    from power.engine.loadspec import LoadSpec
+
+    spec = LoadSpec(
+        model_path=str(gemma_gguf), num_ctx=1024, num_parallel=2, num_thread=2,
+        flash_attention=False,
+    )  # fmt: skip
+    opened = [open_model(spec, ModelLoadParams()) for _ in range(2)]
+    try:
+        (model, first), (_, second) = opened
+        tokens = model.tokenize(PROMPT)
+        n = len(tokens) - 1
+        for i in range(0, n, 256):
+            chunk = tokens[i : min(i + 256, n)]
+            first.decode_batch([BatchEntry(1, chunk, i, False)])
+        state = first.seq_state_get(1)
+        first.decode_batch([BatchEntry(1, tokens[n:], n, True)])
+        evaluated = np.array(first.logits_row(0))
+        assert second.seq_state_set(1, state) == n  # (a state names its sequence id)
+        assert second.seq_pos_max(1) == n - 1
+        assert bytes(second.seq_state_get(1)) == bytes(state)
+        second.decode_batch([BatchEntry(1, tokens[n:], n, True)])
+        assert np.array_equal(np.array(second.logits_row(0)), evaluated)
+        assert second.seq_state_set(0, b"not a state") == 0
+    finally:
+        for model, context in opened:
+            context.close()
+            model.close()
