@@ -504,3 +504,16 @@ async def test_a_withdrawn_request_drops_its_read_ahead(tmp_path):
         assert persistence._reads == {} and persistence._wanted == {}
         step.release()
         await read_all(busy)
+
+
+async def test_a_prompt_whose_prefix_a_slot_holds_reads_no_file(tmp_path):
+    cache = await reopened(tmp_path)
+    async with cached_model(cache) as model:
+        await generate(model, PROMPT)
+    cache = await reopened(tmp_path)
+    async with cached_model(cache) as model:
+        await generate(model, PROMPT)  # restored from the file
+        assert cache.run_sync.calls["read_sync"] == 1
+        _, last = await generate(model, [*PROMPT, 12, 13, 14, 15])  # the next turn
+        assert cache.run_sync.calls["read_sync"] == 1  # the slot's cells, no file read
+    assert last.prompt_cached_count == len(PROMPT) + 3

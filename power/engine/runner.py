@@ -165,7 +165,7 @@ class Runner:
         sampler.observe(text_tokens(prompt) if params.images else prompt)
         self.scheduler.submit(generation)
         if self.persistence is not None:
-            self.persistence.prefetch(generation, prompt)
+            self.persistence.prefetch(generation, prompt, self.scheduler.slots)
         self._wake.set()
         return generation
 

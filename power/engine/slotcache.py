@@ -85,15 +85,20 @@ class SlotPersistence:
         self._wanted: dict[int, str] = {}  # id(request) -> the entry name it waits for
 
     # ------------------------------------------------------------------ reading ahead
-    def prefetch(self, request: Any, prompt: Sequence[int]) -> None:
+    def prefetch(self, request: Any, prompt: Sequence[int], slots: Sequence[Slot]) -> None:
         """A request was queued: start reading the file its prompt would restore from, in the
-        background nursery (nothing without one, or beyond `PREFETCH_BYTES`)."""
-        if self.background is None:
+        background nursery (nothing without one, beyond `PREFETCH_BYTES`, or when a slot's
+        cells already hold about as much of the prompt: the common case of a conversation's
+        next turn, which must not cost a file read)."""
+        if self.background is None or not self.cache.entries:
             return
         hit = self.cache.lookup(self.key, prompt, len(prompt) - 1)
         if hit is None:
             return
-        entry = hit[0]
+        entry, n = hit
+        prompt = list(prompt)
+        if any(common_prefix(s.cached, prompt) + self.cache.min_tokens > n for s in slots):
+            return
         if entry.name not in self._reads:
             held = sum(r.entry.n_bytes for r in self._reads.values())
             if held + entry.n_bytes > min(PREFETCH_BYTES, self.cache.max_bytes):
