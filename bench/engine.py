@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/engine.py [--quick] [--profile] [--tokens N] [--repeats R]
         [--max-extra R] [--sizes 1,4,8,16] [--threads 2] [--num-ctx 1024] [--long-prompt 1000]
-        [--only throughput,ttft,sampling] [--model PATH]
+        [--only throughput,ttft,sampling,promptcache] [--system-prompt 2000] [--model PATH]
 
 A benchmark, not a test: it asserts nothing about time. Every figure is a ratio against a
 reference measured in the same run, and each ends in one `SUMMARY ...` line so that two commits
@@ -39,7 +39,10 @@ What is measured:
    is empty) and cached (the same prompt plus a few new tokens, so the slot's KV cells are
    reused), from the call to `generate` to the first chunk. Both are also compared with the bare loop: a cold prompt decode (512-token chunks,
    argmax), and the decode of the few new tokens on top of the prompt's cells.
-4. Sampling cost of `SequenceSampler` per token (sample + accept, + logprobs where named) on
+4. Time to first token with a 2,000-token system prompt and a new question: cold, cached in
+   memory (the slot's cells), and restored from the persistent prompt cache after a new load
+   (`bench/engine_promptcache.py`), as ratios to cold measured in the same run.
+5. Sampling cost of `SequenceSampler` per token (sample + accept, + logprobs where named) on
    real gemma logits rows (262,144 entries), median of many calls, in ms (its SUMMARY value;
    the ratio to a numpy argmax of the same rows is given beside it).
 
@@ -76,6 +79,7 @@ from common import (  # noqa: E402  (bench/common.py)
     greedy_options,
     print_summary,
 )
+from engine_promptcache import bench_prompt_cache  # noqa: E402  (bench/engine_promptcache.py)
 from engine_sampling import bench_sampling  # noqa: E402  (bench/engine_sampling.py)
 
 from power.engine import GenerationParams, LoadedModel, load  # noqa: E402
@@ -708,7 +712,8 @@ Options:
   --sizes LIST        numbers of concurrent sequences [default: 1,4,8,16]
   --num-ctx N         context per sequence [default: 1024]
   --long-prompt N     prompt tokens for time to first token [default: 1000]
-  --only LIST         sections to run [default: throughput,ttft,sampling]
+  --system-prompt N   system prompt tokens for the prompt cache section [default: 2000]
+  --only LIST         sections to run [default: throughput,ttft,promptcache,sampling]
   --quick             fewer tokens and runs
   --profile           break each step down: decode, sampling, thread hops, commit
   -h --help           show this
@@ -725,6 +730,7 @@ class Args:
     sizes: list[int]
     num_ctx: int
     long_prompt: int
+    system_prompt: int
     only: str
     quick: bool
     profile: bool
@@ -742,6 +748,7 @@ def parse_args(argv: list[str] | None) -> Args:
         sizes=[int(x) for x in values["--sizes"].split(",") if x.strip()],
         num_ctx=int(values["--num-ctx"]),
         long_prompt=int(values["--long-prompt"]),
+        system_prompt=int(values["--system-prompt"]),
         only=values["--only"],
         quick=bool(values["--quick"]),
         profile=bool(values["--profile"]),
@@ -763,6 +770,8 @@ def main(argv: list[str] | None = None) -> None:
             bench_throughput(model, args, repeats, n_tokens)
         if "ttft" in sections:
             bench_ttft(model, args, repeats)
+        if "promptcache" in sections:
+            bench_prompt_cache(model, args.model, args.system_prompt, args.threads, repeats)
         if "sampling" in sections:
             bench_sampling(model, args.threads, args.quick)
     finally:

@@ -25,6 +25,11 @@
 | IDLE_TIMEOUT (POWER_)    | 120s               | a kept-alive connection with no request        |
 | MAX_BLOB_BYTES (POWER_)  | unlimited          | largest /api/blobs upload (the disk's free     |
 |                          |                    | space bounds it in any case)                   |
+| PROMPT_CACHE_DIR (POWER_)| MODELS/prompt-cache| saved KV cells of prompt prefixes              |
+| PROMPT_CACHE_SIZE        | 2G                 | bytes the prompt cache may take; 0 disables it |
+|   (POWER_ only)          |                    | (least recently used files go first)           |
+| PROMPT_CACHE_MIN_TOKENS  | 256                | shorter prefixes are not saved                 |
+|   (POWER_ only)          |                    |                                                |
 
 Durations are Go durations (`10s`, `2m`) or bare seconds; `0` or a negative one means "no limit".
 """
@@ -40,6 +45,7 @@ from urllib.parse import urlsplit
 import attrs
 
 DEFAULT_PORT = 11434
+DEFAULT_PROMPT_CACHE_SIZE = 2 << 30
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -182,6 +188,14 @@ class Settings:
     body_timeout: float = 60.0
     idle_timeout: float = 120.0
     max_blob_bytes: int | None = None
+    prompt_cache_dir: Path | None = None  # None: `models / "prompt-cache"`
+    prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE
+    prompt_cache_min_tokens: int = 256
+
+    @property
+    def prompt_cache_path(self) -> Path:
+        """The prompt cache folder: beside the store's blobs and manifests, not inside."""
+        return self.prompt_cache_dir or self.models / "prompt-cache"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -214,6 +228,11 @@ class Settings:
             body_timeout=_seconds("POWER_BODY_TIMEOUT", 60.0),
             idle_timeout=_seconds("POWER_IDLE_TIMEOUT", 120.0),
             max_blob_bytes=_bytes("POWER_MAX_BLOB_BYTES"),
+            prompt_cache_dir=_path("POWER_PROMPT_CACHE_DIR"),
+            prompt_cache_size=_size("POWER_PROMPT_CACHE_SIZE", DEFAULT_PROMPT_CACHE_SIZE),
+            prompt_cache_min_tokens=max(
+                1, int(os.environ.get("POWER_PROMPT_CACHE_MIN_TOKENS") or 256)
+            ),
         )
 
 
@@ -246,3 +265,18 @@ def _bytes(variable: str) -> int | None:
     except (KeyError, ValueError):
         raise ValueError(f"{variable}: expected a size like 500M or 20G, got {value!r}") from None
     return size if size > 0 else None
+
+
+def _path(variable: str) -> Path | None:
+    value = os.environ.get(variable)
+    return Path(value).expanduser() if value else None
+
+
+def _size(variable: str, default: int) -> int:
+    """A size setting where `0` means "off": bytes or with a binary unit (`500M`, `2G`)."""
+    value = (os.environ.get(variable) or "").strip()
+    if not value:
+        return default
+    if value.lstrip("+-").replace(".", "", 1).isdigit() and float(value) <= 0:
+        return 0
+    return _bytes(variable) or 0

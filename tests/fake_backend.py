@@ -8,7 +8,9 @@
   from a script: a function of the tokens of the row's sequence up to that row. It can be told to
   fail a given decode (`fail_decodes`), to lose itself at a given decode (`lose_decodes`:
   `ContextLost`, as a split model whose worker died, and `broken` from then on) or to raise in
-  KV-cache operations (`broken`). Its embeddings are all ones.
+  KV-cache operations (`broken`). Its embeddings are all ones. Its sequence state
+  (`seq_state_get`/`seq_state_set`, for the persistent prompt cache) is the cells' positions and
+  tokens plus `state_pad` bytes per cell; `refuse_states` makes `seq_state_set` refuse (0).
 - `FakeProjector`: images are byte strings; image `bytes([a, b, c])` takes three positions and
   its embedding rows carry a, b, c, which `FakeContext.decode_embeddings` stores as if they were
   tokens (so the counting script continues an image that ends a prompt with c + 1). Bytes that
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import struct
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -90,9 +93,13 @@ class FakeVocabulary:
         self.closed = True
 
 
+_STATE_MAGIC = b"FAKESTATE"
+
+
 class FakeContext:
     can_shift = True
     is_embedding = False
+    seq_state_format = "fake/1"
 
     def __init__(
         self,
@@ -115,6 +122,10 @@ class FakeContext:
         self.closed = False
         self._rows: list[tuple[int, int]] = []
         self.image_decodes: list[tuple[int, int, int]] = []  # (seq, start position, n_tokens)
+        self.state_pad = 16  # bytes per cell in a state, beside its position and token
+        self.refuse_states = False
+        self.states_got: list[int] = []  # sequences whose state was read, in order
+        self.states_set: list[int] = []  # sequences a state was restored into
 
     def tokens(self, seq: int) -> list[int]:
         return [self.cells[seq][p] for p in sorted(self.cells[seq])]
@@ -187,6 +198,35 @@ class FakeContext:
         self.cells[seq] = {
             (p + delta if p0 <= p < high else p): t for p, t in self.cells[seq].items()
         }
+
+    def seq_pos_max(self, seq: int) -> int:
+        self._check()
+        return max(self.cells[seq], default=-1)
+
+    def seq_state_get(self, seq: int) -> bytes:
+        self._check()
+        self.states_got.append(seq)
+        cells = sorted(self.cells[seq].items())
+        body = b"".join(struct.pack("<ii", p, t) + bytes(self.state_pad) for p, t in cells)
+        return _STATE_MAGIC + struct.pack("<I", len(cells)) + body
+
+    def seq_state_set(self, seq: int, data: bytes) -> int:
+        self._check()
+        self.states_set.append(seq)
+        data = bytes(data)
+        if self.refuse_states or not data.startswith(_STATE_MAGIC):
+            return 0
+        (n,) = struct.unpack_from("<I", data, len(_STATE_MAGIC))
+        step = 8 + self.state_pad
+        offset = len(_STATE_MAGIC) + 4
+        if len(data) != offset + n * step:
+            return 0
+        cells = {}
+        for i in range(n):
+            p, t = struct.unpack_from("<ii", data, offset + i * step)
+            cells[p] = t
+        self.cells[seq] = cells
+        return n
 
     def close(self) -> None:
         self.closed = True

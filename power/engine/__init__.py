@@ -1,6 +1,8 @@
 """The inference engine: the only code that touches llama.cpp.
 
-`load(path, options)` is the programmatic entry point (see `power.engine.model`). The names
+`load(path, options)` is the programmatic entry point (see `power.engine.model`); pass it a
+`PromptCache` (`cache = PromptCache(folder, max_bytes=...)`, then `await cache.open()`) to keep
+long prompt prefixes on disk across loads and processes. The names
 below are imported on first use, so that light modules (`power.engine.errors`, used by
 `power.options`) can be imported without loading the whole engine.
 """
@@ -18,6 +20,7 @@ _EXPORTS = {
     "GenerationParams": "power.engine.types",
     "LoadSpec": "power.engine.loadspec",
     "LoadedModel": "power.engine.model",
+    "PromptCache": "power.engine.promptcache",
     "load": "power.engine.model",
 }
 
@@ -29,6 +32,7 @@ __all__ = [
     "GenerationParams",
     "LoadSpec",
     "LoadedModel",
+    "PromptCache",
     "load",
 ]
 
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     from power.engine.errors import EngineError
     from power.engine.loadspec import LoadSpec
     from power.engine.model import LoadedModel, load
+    from power.engine.promptcache import PromptCache
     from power.engine.types import Chunk, DoneReason, EmbedResult, GenerationParams
 
 

@@ -18,8 +18,8 @@ image bytes (decoding PNG/JPEG/... on the way) into token ids and `ImageChunk`s,
 chunk into an `EmbeddingBatch` that `Context.decode_embeddings` evaluates in a sequence's KV cells.
 
 Threading: `Backend.open`, `Context.decode_batch`, `Context.decode_embeddings`,
-`Context.logits_row`, `Projector.tokenize` and `Projector.encode` block and run in a worker
-thread (`WorkerRunner`, `trio.to_thread.run_sync` in production). Decoding and encoding happen one
+`Context.logits_row`, `Context.seq_state_get`/`seq_state_set` (the persistent prompt cache),
+`Projector.tokenize` and `Projector.encode` block and run in a worker thread (`WorkerRunner`, `trio.to_thread.run_sync` in production). Decoding and encoding happen one
 at a time per context (the runner's step loop, under the context's limiter); `Projector.tokenize`
 may run in any worker thread at the same time (mtmd's tokenizer only reads its context). The
 sequence operations and token pieces are cheap and run on the trio thread between decodes. None
@@ -149,6 +149,27 @@ class Context(Protocol):
     def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None: ...
 
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None: ...
+
+    def seq_pos_max(self, seq: int) -> int:
+        """The last position `seq` holds a cell for; -1 when it holds none."""
+        ...
+
+    # The persistent prompt cache (`power.engine.promptcache`). Optional: a context without
+    # `seq_state_get` (e.g. a model split over RPC workers) has no persistent prompt cache.
+    # Both block (a copy of the cells) and run in a worker thread under the context's limiter.
+
+    #: what the state bytes depend on beside the model and the load options (e.g. the version
+    #: of the library that serialises them): part of the cache key
+    seq_state_format: str
+
+    def seq_state_get(self, seq: int) -> bytes | bytearray:
+        """The state of sequence `seq` (its cells and their positions) as bytes."""
+        ...
+
+    def seq_state_set(self, seq: int, data: bytes | bytearray) -> int:
+        """Replace the cells of `seq` by a state from `seq_state_get` (of a context loaded
+        the same way); returns the cells `seq` now holds, 0 when the state is refused."""
+        ...
 
     def close(self) -> None: ...
 

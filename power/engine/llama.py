@@ -440,6 +440,37 @@ class LlamaContext:
             return -1
         return llama_cpp.llama_memory_seq_pos_max(self.memory, seq)
 
+    #: what the bytes of `seq_state_get` depend on beside the model and the context's
+    #: parameters: llama.cpp's serialisation, as built into this llama-cpp-python
+    seq_state_format = f"llama.cpp/{llama_cpp.__version__}"
+
+    def seq_state_get(self, seq: int) -> bytearray:
+        """The state (KV cells, with their positions) of sequence `seq`, copied to host
+        memory. Blocking (a memory copy of the cells); call it between decodes."""
+        size = llama_cpp.llama_state_seq_get_size(self.handle, seq)
+        data = bytearray(size)
+        if size == 0:
+            return data
+        buffer = (ctypes.c_uint8 * size).from_buffer(data)
+        n = llama_cpp.llama_state_seq_get_data(self.handle, buffer, size, seq)
+        if n != size:
+            raise LlamaError(f"llama_state_seq_get_data wrote {n} of {size} bytes")
+        return data
+
+    def seq_state_set(self, seq: int, data: bytes | bytearray) -> int:
+        """Load a state from `seq_state_get` into sequence `seq` (its cells are replaced);
+        returns the number of cells `seq` holds afterwards, 0 when llama.cpp refused it."""
+        size = len(data)
+        if size == 0:
+            return 0
+        if isinstance(data, bytearray):
+            buffer = (ctypes.c_uint8 * size).from_buffer(data)
+        else:
+            buffer = (ctypes.c_uint8 * size).from_buffer_copy(data)
+        if llama_cpp.llama_state_seq_set_data(self.handle, buffer, size, seq) == 0:
+            return 0
+        return self.seq_pos_max(seq) + 1
+
     def clear(self) -> None:
         if self.memory:
             llama_cpp.llama_memory_clear(self.memory, True)

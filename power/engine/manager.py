@@ -29,6 +29,11 @@ Instance lifecycle (`InstanceState`, checked by `Instance._move`)::
   that could not fit even if every loaded model were unloaded is refused at once (500), without
   evicting anything.
 
+- Persistent prompt cache (`power.engine.promptcache`): with a `prompt_cache`, every model is
+  loaded with it, and an instance whose loop stopped cleanly saves its slots' cells to it before
+  its C resources are freed, for at most `cache_save_seconds` (an unload, an eviction, an expiry,
+  the server's shutdown). A failed save is logged; it never fails the unload.
+
 Every decision is made synchronously on the trio thread between awaits, so no lock is needed:
 a waiting request re-examines the situation whenever anything changes (`_changed`).
 """
@@ -51,6 +56,7 @@ from power.engine.backend import Backend, WorkerRunner
 from power.engine.lifecycle import check_transition
 from power.engine.loadspec import LoadSpec, clamp_num_ctx, gguf_context_length
 from power.engine.model import LoadedModel
+from power.engine.promptcache import PromptCache
 from power.engine.types import EngineError
 
 log = logging.getLogger(__name__)
@@ -158,6 +164,8 @@ class ModelManager:
         backend: Backend | None = None,
         run_sync: WorkerRunner | None = None,
         wall_clock: Callable[[], float] = time.time,
+        prompt_cache: PromptCache | None = None,
+        cache_save_seconds: float = 5.0,
     ) -> None:
         self.max_loaded = max_loaded
         self.max_queue = max_queue
@@ -168,6 +176,8 @@ class ModelManager:
         self.backend = backend
         self.run_sync = run_sync
         self.wall_clock = wall_clock
+        self.prompt_cache = prompt_cache
+        self.cache_save_seconds = cache_save_seconds
         self.instances: dict[str, Instance] = {}
         self.n_pending = 0
         self._changed = trio.Event()
@@ -336,7 +346,10 @@ class ModelManager:
         try:
             with trio.CancelScope(shield=True):
                 loaded = await LoadedModel.open(
-                    instance.spec, backend=self.backend, run_sync=self.run_sync
+                    instance.spec,
+                    backend=self.backend,
+                    run_sync=self.run_sync,
+                    prompt_cache=self.prompt_cache,
                 )
         except Exception as exc:
             log.warning("failed to load model %r: %s", instance.name, exc)
@@ -360,6 +373,8 @@ class ModelManager:
                 if instance.failure is None:
                     await trio.sleep_forever()  # not expected: wait for an unload anyway
         finally:
+            if instance.failure is None:
+                await loaded.save_prompt_cache(self.cache_save_seconds)  # shielded, bounded
             loaded.close()
             if instance.failure is not None and instance.state is InstanceState.READY:
                 instance._move(InstanceState.FAILED)  # the next request reloads it

@@ -10,6 +10,10 @@ to the end) so that leaving early releases the sequence at once rather than at g
 A model loaded with a vision projector (`LoadSpec.projector_path`) takes images: build the
 prompt with `tokenize_with_images([text, image_bytes, text, ...])` and pass the result to
 `generate` as `GenerationParams(prompt=..., images=...)`.
+
+With a `PromptCache` (`power.engine.promptcache`), prompt prefixes outlive the model: cells a
+slot drops are saved to the cache folder, a later load (this process or another) restores them,
+and `save_prompt_cache` saves what the slots still hold before an unload.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from power.engine.backend import (
 )
 from power.engine.loadspec import LoadSpec, clamp_num_ctx
 from power.engine.multimodal import PromptImage, build_prompt
+from power.engine.promptcache import PromptCache, model_key
 from power.engine.rpc import DeviceShare, local_placement
 from power.engine.runner import Runner
 from power.engine.sampling import SequenceSampler
@@ -68,6 +73,8 @@ class LoadedModel:
         *,
         run_sync: WorkerRunner | None = None,
         projector: Projector | None = None,
+        prompt_cache: PromptCache | None = None,
+        cache_key: str | None = None,
     ) -> None:
         self.spec = spec
         self.model = model
@@ -92,6 +99,8 @@ class LoadedModel:
                 limiter=self.limiter,
                 run_sync=self.run_sync,
                 projector=projector,
+                prompt_cache=prompt_cache,
+                cache_key=cache_key,
             )
         self.load_duration_ns = 0
         self.loaded_at_ns = 0
@@ -109,8 +118,10 @@ class LoadedModel:
         *,
         backend: Backend | None = None,
         run_sync: WorkerRunner | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> LoadedModel:
-        """Load `spec` with `backend` (llama.cpp by default) in a worker thread.
+        """Load `spec` with `backend` (llama.cpp by default) in a worker thread; with an
+        enabled `prompt_cache`, the model's cache key is computed there too.
 
         Cancellation: the worker thread is never abandoned; if the caller is cancelled while it
         runs, what it opened is closed before `Cancelled` propagates (nothing leaks)."""
@@ -119,11 +130,15 @@ class LoadedModel:
         t0 = time.perf_counter_ns()
         opened: list[tuple[Vocabulary, Context]] = []
         projectors: list[Projector] = []
+        keys: list[str] = []
 
         def open_sync() -> None:
             opened.append(backend.open(spec))
             if spec.projector_path is not None:
                 projectors.append(backend.open_projector(spec, opened[0][0]))
+            state_format = getattr(opened[0][1], "seq_state_format", None)
+            if prompt_cache is not None and prompt_cache.enabled and state_format:
+                keys.append(model_key(spec, state_format))  # stats the files
 
         def close_opened() -> None:
             for projector in projectors:
@@ -140,7 +155,13 @@ class LoadedModel:
         model, context = opened[0]
         try:
             loaded = cls(
-                spec, model, context, run_sync=run_sync, projector=(projectors or [None])[0]
+                spec,
+                model,
+                context,
+                run_sync=run_sync,
+                projector=(projectors or [None])[0],
+                prompt_cache=prompt_cache,
+                cache_key=(keys or [None])[0],
             )
         except BaseException:
             close_opened()
@@ -157,7 +178,29 @@ class LoadedModel:
             task_status.started()
             await self._lost_event.wait()
             return
-        await self.runner.run(task_status=task_status)
+        persistence = self.runner.persistence
+        async with trio.open_nursery() as background:  # prompt cache files being written
+            if persistence is not None:
+                persistence.background = background
+            try:
+                await self.runner.run(task_status=task_status)
+            finally:
+                if persistence is not None:
+                    persistence.background = None
+
+    async def save_prompt_cache(self, seconds: float = 5.0) -> int:
+        """Before an unload (after `run` has returned, before `close`): save the slots' cells
+        to the persistent prompt cache, for at most `seconds` (the slot being saved then
+        completes; no more are started). Returns how many were saved; never raises an
+        Exception (a failed save is logged), and ignores the caller's cancellation until done."""
+        if self.runner is None or self.runner.persistence is None:
+            return 0
+        with trio.CancelScope(shield=True), trio.move_on_after(seconds):
+            try:
+                return await self.runner.save_prompt_cache()
+            except Exception:  # noqa: BLE001 - an unload never fails for the cache
+                log.exception("could not save the prompt cache")
+        return 0
 
     @property
     def failure(self) -> BaseException | None:
@@ -395,12 +438,14 @@ async def load(
     kv_cache_type: str = "f16",
     backend: Backend | None = None,
     projector: str | Path | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> AsyncIterator[LoadedModel]:
     """Load a GGUF file (and a vision projector GGUF beside it, if given) and run its step loop
     for the duration of the `async with` block.
 
     Raises OptionError for a load option out of range (see `power.engine.loadspec` for the
-    values that are adjusted instead)."""
+    values that are adjusted instead). With a `prompt_cache` (opened: `PromptCache.open`),
+    the slots' cells are saved to it when the block ends."""
     spec = LoadSpec.from_options(
         model_path,
         options or Options(),
@@ -409,7 +454,7 @@ async def load(
         kv_cache_type=kv_cache_type,
         projector_path=projector,
     )
-    loaded = await LoadedModel.open(spec, backend=backend)
+    loaded = await LoadedModel.open(spec, backend=backend, prompt_cache=prompt_cache)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(loaded.run)
@@ -417,5 +462,6 @@ async def load(
                 yield loaded
             finally:
                 nursery.cancel_scope.cancel()
+        await loaded.save_prompt_cache()
     finally:
         loaded.close()

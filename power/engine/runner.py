@@ -27,6 +27,11 @@ Cancellation: `Runner.cancel(generation)` is safe from any task; a queued genera
 at once, one holding a slot is released (and its KV cells freed) at the next step boundary.
 Cancelling `run` itself (an unload) waits for the step in the worker thread, then fails every
 generation with "model unloaded"; the caller then closes the context.
+
+Persistent prompt cache (`power.engine.promptcache`, `power.engine.slotcache`): with a
+`PromptCache` and the model's key, admission saves the cells it is about to drop and restores
+saved cells of a longer prefix of the new prompt (both in worker calls under the context's
+limiter, between steps); `save_prompt_cache` saves every slot at unload.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ import trio
 from power.engine.backend import BatchEntry, Context, Projector, Vocabulary, WorkerRunner
 from power.engine.generation import Collector, Generation, GenerationState
 from power.engine.multimodal import check_prompt, fit_prompt, text_tokens
+from power.engine.promptcache import PromptCache
 from power.engine.sampling import SequenceSampler, VocabInfo
-from power.engine.scheduler import Scheduler, Slot, SlotState, StepPlan
+from power.engine.scheduler import Admission, Scheduler, Slot, SlotState, StepPlan
+from power.engine.slotcache import SlotPersistence, supports_state
 from power.engine.types import (
     Chunk,
     ContextLost,
@@ -78,6 +85,8 @@ class Runner:
         run_sync: WorkerRunner | None = None,
         clock_ns: Callable[[], int] = time.perf_counter_ns,
         projector: Projector | None = None,
+        prompt_cache: PromptCache | None = None,
+        cache_key: str | None = None,
     ) -> None:
         self.model = model
         self.context = context
@@ -96,6 +105,16 @@ class Runner:
             eog_ids=list(model.eog_ids),
         )
         self.n_steps = 0
+        self.persistence: SlotPersistence | None = None
+        if (
+            prompt_cache is not None
+            and prompt_cache.enabled
+            and cache_key is not None
+            and supports_state(context)
+        ):
+            self.persistence = SlotPersistence(
+                prompt_cache, cache_key, context, limiter=self.limiter, run_sync=self.run_sync
+            )
 
     # ------------------------------------------------------------------ public, any task
     @property
@@ -145,6 +164,8 @@ class Runner:
         # repeat penalties look back into the prompt, as llama.cpp does (text only)
         sampler.observe(text_tokens(prompt) if params.images else prompt)
         self.scheduler.submit(generation)
+        if self.persistence is not None:
+            self.persistence.prefetch(generation, prompt, self.scheduler.slots)
         self._wake.set()
         return generation
 
@@ -158,6 +179,8 @@ class Runner:
         if generation.state is GenerationState.QUEUED:
             if self.scheduler.withdraw(generation):
                 generation.cancel()
+                if self.persistence is not None:
+                    self.persistence.forget(generation)
             return
         generation.cancel_requested = True
         self._wake.set()
@@ -171,7 +194,7 @@ class Runner:
                 if not self.scheduler.has_work():
                     await self._wait_for_work()
                     continue
-                self._admit()
+                await self._admit()
                 self._shift()
                 image = self.scheduler.plan_image()
                 if image is not None:  # evaluated alone, before the text step
@@ -232,6 +255,8 @@ class Runner:
             gen = self.scheduler.waiting.popleft()
             if not gen.done:
                 gen.fail(error)
+        if self.persistence is not None:
+            self.persistence.forget_all()
 
     def _fail_plan(self, plan: StepPlan, error: DecodeError) -> None:
         """A decode failed: fail the sequences of that batch only, drop their cells, go on."""
@@ -253,22 +278,54 @@ class Runner:
                 self._release(slot, drop_cells=True)
 
     # ------------------------------------------------------------------ planning
-    def _admit(self) -> None:
+    async def _admit(self) -> None:
+        persistence = self.persistence
+        before = {s.seq_id: s.cached for s in self.scheduler.slots}  # admit replaces the lists
+        exact = {s.seq_id: s.inexact_from is None for s in self.scheduler.slots}
+        admissions = self.scheduler.admit()
+        if not admissions:
+            return
         now = self.clock_ns()
-        for admission in self.scheduler.admit():
-            slot = admission.slot
+        for admission in admissions:
             gen: Generation = admission.request
-            gen.admitted(slot)
+            gen.admitted(admission.slot)  # before any await: a cancel now finds it admitted
             gen.t_prompt_start = now
-            if admission.copy_from is not None:
-                self.context.seq_rm(slot.seq_id, -1, -1)
-                self.context.seq_cp(admission.copy_from, slot.seq_id, 0, admission.n_reuse)
-            elif not self.context.seq_rm(slot.seq_id, admission.n_reuse, -1):
-                # the cache cannot drop a partial range (e.g. sliding window): start afresh
-                self.context.seq_rm(slot.seq_id, -1, -1)
-                slot.cached = []
-                slot.pending = list(gen.prompt)
-            gen.n_prompt_evaluated = len(slot.pending)
+        try:
+            if persistence is not None:
+                await persistence.save_evicted(admissions, before, exact)
+        finally:  # even when cancelled: the cells must match what the scheduler now believes
+            for admission in admissions:
+                self._drop_for(admission)
+        if persistence is not None:
+            for admission in admissions:
+                gen = admission.request
+                if gen.cancel_requested or gen.done:
+                    persistence.forget(gen)
+                    continue
+                if await persistence.restore(admission.slot, gen) is not None:
+                    gen.n_prompt_evaluated = len(admission.slot.pending)
+
+    def _drop_for(self, admission: Admission) -> None:
+        """Make the admitted slot's cells what `admission` says: its first `n_reuse`."""
+        slot = admission.slot
+        gen: Generation = admission.request
+        if admission.copy_from is not None:
+            self.context.seq_rm(slot.seq_id, -1, -1)
+            self.context.seq_cp(admission.copy_from, slot.seq_id, 0, admission.n_reuse)
+        elif not self.context.seq_rm(slot.seq_id, admission.n_reuse, -1):
+            # the cache cannot drop a partial range (e.g. sliding window): start afresh
+            self.context.seq_rm(slot.seq_id, -1, -1)
+            self.scheduler.forget(slot)
+            slot.pending = list(gen.prompt)
+        gen.n_prompt_evaluated = len(slot.pending)
+
+    async def save_prompt_cache(self) -> int:
+        """Save every slot's cells worth saving to the persistent prompt cache (after `run`
+        has returned: an unload). Returns how many were saved; the caller bounds its time
+        (cancellation stops between two slots). Nothing when the loop broke."""
+        if self.persistence is None or self.broken is not None:
+            return 0
+        return await self.persistence.save_all(self.scheduler.slots)
 
     def _shift(self) -> None:
         def policy(slot: Slot) -> tuple[bool, int]:

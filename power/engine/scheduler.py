@@ -45,6 +45,10 @@ class Slot:
     next_token: int | None = None  # sampled, to be fed at the next step
     request: Any = None
     last_used: int = 0
+    #: cells from this position on were moved by a context shift: they are no longer what
+    #: evaluating `cached` from scratch gives (None: all are); the persistent prompt cache
+    #: (`power.engine.promptcache`) saves only exact cells
+    inexact_from: int | None = None
 
     @property
     def n_past(self) -> int:
@@ -169,6 +173,12 @@ class Scheduler:
                 n_other = span_start(prompt, min(common_prefix(other.cached, prompt), limit))
                 if n_other >= n_reuse + self.min_shared_prefix:
                     copy_from, n_reuse = other.seq_id, n_other
+            source = self.slots[copy_from] if copy_from is not None else best
+            best.inexact_from = (
+                source.inexact_from
+                if source.inexact_from is not None and source.inexact_from < n_reuse
+                else None
+            )
             best.cached = list(prompt[:n_reuse]) if copy_from is not None else best.cached[:n_reuse]
             best.pending = list(prompt[n_reuse:])
             best.state = SlotState.PROMPT
@@ -182,6 +192,7 @@ class Scheduler:
     def forget(self, slot: Slot) -> None:
         """The slot's cells were cleared (e.g. a partial removal was refused)."""
         slot.cached = []
+        slot.inexact_from = None
 
     # ------------------------------------------------------------------ context shift
     def shifts_needed(self, can_shift: Any) -> tuple[list[Shift], list[Slot]]:
@@ -204,6 +215,8 @@ class Scheduler:
             if allowed and n_discard > 0:
                 shifts.append(Shift(slot, n_keep, n_discard))
                 del slot.cached[n_keep : n_keep + n_discard]
+                if slot.inexact_from is None or n_keep < slot.inexact_from:
+                    slot.inexact_from = n_keep
             else:
                 full.append(slot)
         return shifts, full

@@ -83,7 +83,48 @@ class Metrics:
         self.active_sequences = Gauge(
             "power_active_sequences", "Sequences being generated", registry=self.registry
         )
+        self.prompt_cache_saves = Counter(
+            "power_prompt_cache_saves",
+            "Prompt prefixes whose KV cells were saved to the persistent prompt cache",
+            registry=self.registry,
+        )
+        self.prompt_cache_saved_bytes = Counter(
+            "power_prompt_cache_saved_bytes",
+            "Bytes written to the persistent prompt cache",
+            registry=self.registry,
+        )
+        self.prompt_cache_restores = Counter(
+            "power_prompt_cache_restores",
+            "Prompts whose prefix was restored from the persistent prompt cache",
+            registry=self.registry,
+        )
+        self.prompt_cache_restored_tokens = Counter(
+            "power_prompt_cache_restored_tokens",
+            "Prompt tokens restored from the persistent prompt cache instead of evaluated",
+            registry=self.registry,
+        )
+        self.prompt_cache_removed = Counter(
+            "power_prompt_cache_removed_files",
+            "Prompt cache files removed (least recently used, or unusable)",
+            registry=self.registry,
+        )
+        self.prompt_cache_bytes = Gauge(
+            "power_prompt_cache_bytes",
+            "Bytes the persistent prompt cache takes on disk",
+            registry=self.registry,
+        )
         self.usage: dict[str, ModelUsage] = defaultdict(ModelUsage)
+
+    def prompt_cache_event(self, kind: str, amount: int) -> None:
+        """`PromptCache.on_event`: "save" (bytes), "restore" (tokens), "remove" (files)."""
+        if kind == "save":
+            self.prompt_cache_saves.inc()
+            self.prompt_cache_saved_bytes.inc(amount)
+        elif kind == "restore":
+            self.prompt_cache_restores.inc()
+            self.prompt_cache_restored_tokens.inc(amount)
+        elif kind == "remove":
+            self.prompt_cache_removed.inc(amount)
 
     def model_event(self, kind: str, name: str) -> None:
         self.model_events.labels(event=kind).inc()

@@ -59,6 +59,8 @@ async def metrics() -> Response:
         state.metrics.active_sequences.set(
             sum(inst.loaded.n_active for inst in manager.running() if inst.loaded)
         )
+        if manager.prompt_cache is not None:
+            state.metrics.prompt_cache_bytes.set(manager.prompt_cache.n_bytes)
 
     body = state.metrics.render(refresh)
     return Response(body, mimetype="text/plain; version=0.0.4; charset=utf-8")

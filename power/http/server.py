@@ -23,6 +23,7 @@ from hypercorn.config import Config
 
 from power.config import Settings
 from power.engine.manager import ModelManager
+from power.engine.promptcache import PromptCache
 from power.http.app import create_app
 from power.http.connections import ConnectionLimits, raise_open_files_limit
 from power.http.connections import serve as serve_connections
@@ -88,11 +89,19 @@ async def serve(settings: Settings, *, task_status: Any = trio.TASK_STATUS_IGNOR
     except OSError as exc:
         log.warning("could not prune the store: %s", exc)
     metrics = Metrics()
+    prompt_cache = PromptCache(
+        settings.prompt_cache_path,
+        max_bytes=settings.prompt_cache_size,
+        min_tokens=settings.prompt_cache_min_tokens,
+        on_event=metrics.prompt_cache_event,
+    )
+    await prompt_cache.open()  # indexes the folder in a worker thread
     manager = ModelManager(
         max_loaded=settings.max_loaded_models,
         max_queue=settings.max_queue,
         default_keep_alive=settings.keep_alive,
         on_event=metrics.model_event,
+        prompt_cache=prompt_cache,
     )
     state = ServerState(settings=settings, store=store, manager=manager, metrics=metrics)
     app = create_app(state)
