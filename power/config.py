@@ -25,6 +25,9 @@
 | IDLE_TIMEOUT (POWER_)    | 120s               | a kept-alive connection with no request        |
 | MAX_BLOB_BYTES (POWER_)  | unlimited          | largest /api/blobs upload (the disk's free     |
 |                          |                    | space bounds it in any case)                   |
+| REQUEST_LOG (POWER_ only)| 1                  | one log line per request; `0` turns it off     |
+| NO_CLOUD                 | unset              | only reported by /api/status (power has no     |
+|                          |                    | cloud: cloud is always disabled)               |
 
 Durations are Go durations (`10s`, `2m`) or bare seconds; `0` or a negative one means "no limit".
 """
@@ -182,6 +185,8 @@ class Settings:
     body_timeout: float = 60.0
     idle_timeout: float = 120.0
     max_blob_bytes: int | None = None
+    request_log: bool = True
+    no_cloud_env: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -214,7 +219,15 @@ class Settings:
             body_timeout=_seconds("POWER_BODY_TIMEOUT", 60.0),
             idle_timeout=_seconds("POWER_IDLE_TIMEOUT", 120.0),
             max_blob_bytes=_bytes("POWER_MAX_BLOB_BYTES"),
+            request_log=_flag_default_on("POWER_REQUEST_LOG"),
+            no_cloud_env=env_flag("NO_CLOUD"),
         )
+
+
+def _flag_default_on(variable: str) -> bool:
+    """A flag that is on unless set to `0`, `false`, `no` or `off`."""
+    value = (os.environ.get(variable) or "").strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def _seconds(variable: str, default: float) -> float:

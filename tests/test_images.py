@@ -222,7 +222,8 @@ def test_a_rendered_prompt_shows_ollamas_image_tags(vision_server: str):
             "_debug_render_only": True,
         },
     ).json()
-    assert "[img-0]\n\n[img-1]\n\nCompare them" in answer["debug"]["rendered_template"]
+    assert "[img-0]\n\n[img-1]\n\nCompare them" in answer["_debug_info"]["rendered_template"]
+    assert answer["_debug_info"]["image_count"] == 2 and "debug" not in answer
 
 
 # ---------------------------------------------------------------- errors
