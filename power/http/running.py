@@ -23,6 +23,7 @@ import trio
 from power.engine.grammar import JSON_GBNF, json_schema_to_gbnf
 from power.engine.model import LoadedModel, LoadSpec
 from power.engine.types import EngineError, GenerationParams
+from power.http import request_log
 from power.http.model_json import details_json
 from power.http.schemas import ChatRequest, GenerateRequest, RequestError
 from power.http.state import ServerState
@@ -71,6 +72,7 @@ async def resolve_model(state: ServerState, name: str) -> ModelRef:
         parsed = ModelName.parse(name)
     except InvalidNameError as exc:
         raise RequestError(400, str(exc)) from None
+    request_log.note(model=parsed.display)
 
     def read() -> tuple[ResolvedModel, GGUFInfo]:
         resolved = state.resolved.lookup(parsed)
