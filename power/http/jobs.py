@@ -313,12 +313,18 @@ async def _fit_chat(
 
 async def count_chat_tokens(state: ServerState, req: ChatRequest) -> int:
     """How many tokens the prompt of `req` takes: rendered as `chat_job` renders it and
-    tokenized by the model itself (loaded if needed, with the request's keep_alive)."""
+    tokenized by the model itself (loaded if needed, with the request's keep_alive), each
+    image counted as the tokens the projector gives it (as in `prompt_eval_count`)."""
     ref = await resolve_model(state, req.model)
     options = effective_options(state, ref, req.options)
+    images = chat_images(ref.resolved, req.messages)
+    if images:
+        _check_runnable(ref, images)
     prompt_text = await _chat_prompt_text(ref, req, _offered_tools(ref, req))
+    parts = _image_parts(prompt_text, images)
     async with use_model(state, ref, options, req.keep_alive) as model:
-        return len(model.tokenize(prompt_text))
+        tokens, _images = await _tokenize(model, prompt_text, parts)
+        return len(tokens)
 
 
 def _offered_tools(ref: ModelRef, req: ChatRequest) -> list[Tool]:
