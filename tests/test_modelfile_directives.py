@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -208,6 +209,9 @@ def test_cli_create_and_show_through_a_server(
         "qwen3-coder",
         "0.11.4",
     )
+
+    summary = _power(served, tmp_path, "show", "spec-cli").stdout
+    assert re.search(r"^    requires\s+0\.11\.4$", summary, re.M)  # as Ollama's CLI shows it
 
     client = ollama.Client(host=served)
     shown = client.show("spec-cli")
