@@ -46,7 +46,7 @@ registry-server:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-registry haproxy >/dev/null; }
 
-serve: models
+serve: models  # imports qwen2.5-coder:0.5b (chat) and gemma3:270m (completion)
 	$(PY) scripts/demo.py
 	exec $(VENV)/bin/power serve
 

@@ -30,6 +30,9 @@
 |   (POWER_ only)          |                    | (least recently used files go first)           |
 | PROMPT_CACHE_MIN_TOKENS  | 256                | shorter prefixes are not saved                 |
 |   (POWER_ only)          |                    |                                                |
+| REQUEST_LOG (POWER_ only)| 1                  | one log line per request; `0` turns it off     |
+| NO_CLOUD                 | unset              | only reported by /api/status (power has no     |
+|                          |                    | cloud: cloud is always disabled)               |
 
 Durations are Go durations (`10s`, `2m`) or bare seconds; `0` or a negative one means "no limit".
 """
@@ -191,6 +194,8 @@ class Settings:
     prompt_cache_dir: Path | None = None  # None: `models / "prompt-cache"`
     prompt_cache_size: int = DEFAULT_PROMPT_CACHE_SIZE
     prompt_cache_min_tokens: int = 256
+    request_log: bool = True
+    no_cloud_env: bool = False
 
     @property
     def prompt_cache_path(self) -> Path:
@@ -233,7 +238,15 @@ class Settings:
             prompt_cache_min_tokens=max(
                 1, int(os.environ.get("POWER_PROMPT_CACHE_MIN_TOKENS") or 256)
             ),
+            request_log=_flag_default_on("POWER_REQUEST_LOG"),
+            no_cloud_env=env_flag("NO_CLOUD"),
         )
+
+
+def _flag_default_on(variable: str) -> bool:
+    """A flag that is on unless set to `0`, `false`, `no` or `off`."""
+    value = (os.environ.get(variable) or "").strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def _seconds(variable: str, default: float) -> float:

@@ -159,9 +159,22 @@ def test_invalid_flag_values_are_one_error_line(
     err = capsys.readouterr().err
     assert err.startswith("Error: invalid value for --temperature") and err.count("\n") == 1
     assert main(["run", "m", "hi", "--think=loud"]) == 1
-    assert "invalid value for --think" in capsys.readouterr().err
+    assert "(must be true, false, high, medium, low, or max)" in capsys.readouterr().err
     assert main(["run", "m", "hi", "--format", "{not json"]) == 1
     assert "invalid --format" in capsys.readouterr().err
+
+
+def test_think_levels_of_run() -> None:
+    from power.cli.run import parse_think
+
+    assert [parse_think(v) for v in ("true", "False", "low", "medium", "high", "MAX")] == [
+        True,
+        False,
+        "low",
+        "medium",
+        "high",
+        "max",
+    ]
 
 
 def test_create_with_a_missing_modelfile(

@@ -77,6 +77,7 @@ OPENAI_POST_ROUTES = [
 GET_ROUTES = [
     "/",
     "/api/version",
+    "/api/status",
     "/api/tags",
     "/api/ps",
     "/health",

@@ -36,6 +36,7 @@ ONE_SHOT = {"Connection": "close"}
 #: (method, path, JSON body) of every route, for the API-key checks.
 ROUTES: list[tuple[str, str, dict | None]] = [
     ("GET", "/api/version", None),
+    ("GET", "/api/status", None),
     ("GET", "/api/tags", None),
     ("GET", "/api/ps", None),
     ("GET", "/health", None),

@@ -222,7 +222,8 @@ def test_a_rendered_prompt_shows_ollamas_image_tags(vision_server: str):
             "_debug_render_only": True,
         },
     ).json()
-    assert "[img-0]\n\n[img-1]\n\nCompare them" in answer["debug"]["rendered_template"]
+    assert "[img-0]\n\n[img-1]\n\nCompare them" in answer["_debug_info"]["rendered_template"]
+    assert answer["_debug_info"]["image_count"] == 2 and "debug" not in answer
 
 
 # ---------------------------------------------------------------- errors
@@ -282,6 +283,123 @@ def test_openai_image_url_data_urls(vision_server: str):
     assert red.choices[0].message.content != blue.choices[0].message.content
     assert red.choices[0].message.content == red_again.choices[0].message.content
     assert red.usage.prompt_tokens > N_IMAGE_TOKENS
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(b"GIF89a but nothing else")
+    assert "invalid image input" in str(caught.value)
+
+
+# ---------------------------------------------------------------- Anthropic and Responses
+
+
+def test_anthropic_image_blocks_reach_the_model(vision_server: str):
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=vision_server, api_key="unused")
+
+    def ask(image: bytes, media_type: str = "image/png") -> anthropic.types.Message:
+        return client.messages.create(
+            model=QWEN_VISION,
+            max_tokens=12,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {
+                                "type": "base64",
+                                "media_type": media_type,
+                                "data": base64.b64encode(image).decode(),
+                            },
+                        },
+                        {"type": "text", "text": "Describe the image."},
+                    ],
+                }
+            ],
+            extra_body={"temperature": 0, "options": {"seed": 1}},
+        )
+
+    red, blue, red_again = ask(RED), ask(BLUE), ask(RED)
+    text = client.messages.create(
+        model=QWEN_VISION,
+        max_tokens=12,
+        messages=[{"role": "user", "content": "Describe the image."}],
+        extra_body={"temperature": 0},
+    )
+    assert red.usage.input_tokens >= text.usage.input_tokens + N_IMAGE_TOKENS
+    assert red.content[0].text == red_again.content[0].text != blue.content[0].text
+    counted = client.messages.count_tokens(
+        model=QWEN_VISION,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image",
+                        "source": {
+                            "type": "base64",
+                            "media_type": "image/png",
+                            "data": base64.b64encode(RED).decode(),
+                        },
+                    },
+                    {"type": "text", "text": "Describe the image."},
+                ],
+            }
+        ],
+    )
+    assert counted.input_tokens == red.usage.input_tokens
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        ask(b"not an image at all")
+    assert "invalid image input" in str(caught.value)
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(
+            model=GEMMA,
+            max_tokens=4,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "image/png",
+                                "data": base64.b64encode(RED).decode(),
+                            },
+                        }
+                    ],
+                }
+            ],
+        )
+    assert "does not support images" in str(caught.value)
+
+
+def test_responses_input_image_data_urls_reach_the_model(vision_server: str):
+    client = openai.OpenAI(base_url=vision_server + "/v1", api_key="unused")
+
+    def ask(image: bytes) -> openai.types.responses.Response:
+        return client.responses.create(
+            model=QWEN_VISION,
+            input=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "Describe the image."},
+                        {"type": "input_image", "image_url": data_url(image)},
+                    ],
+                }
+            ],
+            max_output_tokens=12,
+            temperature=0,
+            extra_body={"options": {"seed": 1}},
+        )
+
+    red, blue, red_again = ask(RED), ask(BLUE), ask(RED)
+    text = client.responses.create(
+        model=QWEN_VISION, input="Describe the image.", max_output_tokens=12, temperature=0
+    )
+    assert red.usage.input_tokens >= text.usage.input_tokens + N_IMAGE_TOKENS
+    assert red.output_text == red_again.output_text != blue.output_text
     with pytest.raises(openai.BadRequestError) as caught:
         ask(b"GIF89a but nothing else")
     assert "invalid image input" in str(caught.value)

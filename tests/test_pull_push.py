@@ -547,6 +547,10 @@ def fake_registry(token_requests: list[httpx.Request], failures: list[int]) -> h
             status = failures.pop(0)
             if status == 0:
                 raise httpx.ConnectError("refused (injected)", request=request)
+            if status == 1:
+                raise httpx.ReadTimeout("timed out (injected)", request=request)
+            if status == 2:
+                raise httpx.RemoteProtocolError("closed mid-answer (injected)", request=request)
             return httpx.Response(status, headers={"Retry-After": "0"})
         if request.headers.get("Authorization") != "Bearer secret-token":
             return httpx.Response(
@@ -587,7 +591,11 @@ async def test_bearer_token_flow() -> None:
 async def test_transient_failures_are_retried() -> None:
     name = ModelName.parse("registry.test/library/tiny:latest")
     async with RegistryClient(
-        name, transport=fake_registry([], [0, 503, 429]), retry=NO_WAIT
+        name, transport=fake_registry([], [1, 2, 503]), retry=NO_WAIT
+    ) as client:
+        assert await client.get_manifest("latest") == b'{"schemaVersion":2}'
+    async with RegistryClient(
+        name, transport=fake_registry([], [429, 502, 504]), retry=NO_WAIT
     ) as client:
         assert await client.get_manifest("latest") == b'{"schemaVersion":2}'
     async with RegistryClient(
@@ -596,6 +604,19 @@ async def test_transient_failures_are_retried() -> None:
         with pytest.raises(RegistryError) as caught:
             await client.get_manifest("latest")
     assert caught.value.status == 503
+
+
+@pytest.mark.parametrize(("failure", "status"), [(0, None), (403, 403), (400, 400), (401, 401)])
+async def test_failures_that_cannot_heal_are_not_retried(failure: int, status: int | None) -> None:
+    """A refused connection or a 4xx other than 429 fails on the first attempt (the next
+    attempt would succeed, so a retry would hide the failure)."""
+    name = ModelName.parse("registry.test/library/tiny:latest")
+    async with RegistryClient(
+        name, transport=fake_registry([], [failure]), retry=NO_WAIT
+    ) as client:
+        with pytest.raises(RegistryError) as caught:
+            await client.get_manifest("latest")
+    assert caught.value.status == status
 
 
 def test_retry_delays_grow_exponentially() -> None:

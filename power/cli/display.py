@@ -391,6 +391,8 @@ def show_summary(info: Mapping[str, Any], verbose: bool = False) -> str:
         rows.append(["", "architecture", str(details.get("family") or "")])
         rows.append(["", "parameters", str(details.get("parameter_size") or "")])
     rows.append(["", "quantization", str(details.get("quantization_level") or "")])
+    if info.get("requires"):
+        rows.append(["", "requires", str(info["requires"])])
     out = [_section("Model", rows)]
 
     capabilities = info.get("capabilities") or []

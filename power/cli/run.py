@@ -111,7 +111,7 @@ def parse_think(value: str | None) -> Any:
         return None
     if value.lower() not in THINK_LEVELS:
         raise CommandError(
-            f'invalid value for --think: "{value}" (must be true, false, high, medium, or low)'
+            f'invalid value for --think: "{value}" (must be true, false, high, medium, low, or max)'
         )
     return THINK_LEVELS[value.lower()]
 

@@ -145,7 +145,7 @@ Options:
   --seed=INT              Random seed
   --keep-alive=DURATION   How long the model stays loaded (e.g. 5m, 0, -1)
   --keepalive=DURATION    Same as --keep-alive
-  --think=LEVEL           Thinking: true, false, high, medium or low (bare --think: true)
+  --think=LEVEL           Thinking: true, false, high, medium, low or max (bare: true)
   --hidethinking          Hide the thinking output
   --verbose               Show timings for the response
   --insecure              Use an insecure registry when the model must be pulled

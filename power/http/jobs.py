@@ -35,14 +35,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import attrs
 import trio
 
 from power.engine.model import LoadedModel
 from power.engine.types import Chunk, EngineError, GenerationParams, TokenLogprob
+from power.http.chat_fit import drop_old_messages
 from power.http.running import (
     ModelRef,
     effective_options,
@@ -56,11 +59,13 @@ from power.http.running import (
 from power.http.schemas import ChatRequest, GenerateRequest, RequestError, tool_call_to_json
 from power.http.state import ServerState
 from power.http.streaming import rfc3339_now
-from power.messages import Tool, ToolChoiceMode
+from power.messages import Message, Tool, ToolChoiceMode
 from power.prompt.images import has_tags, split_at_tags
 from power.prompt.model import chat_images, chat_prompt, generate_prompt, tool_call_hint
 from power.prompt.output import OutputShaper
 from power.prompt.render import template_uses
+
+log = logging.getLogger(__name__)
 
 Outcome = dict[str, Any] | AsyncIterator[dict[str, Any]]
 
@@ -126,8 +131,13 @@ def _empty_answer(ref: ModelRef, kind: str) -> dict[str, Any]:
     return {**_native_chunk(ref, kind, "", "", []), "done": True}
 
 
-def _debug_answer(ref: ModelRef, kind: str, prompt_text: str) -> dict[str, Any]:
-    return {**_empty_answer(ref, kind), "debug": {"rendered_template": prompt_text}}
+def _debug_answer(ref: ModelRef, kind: str, prompt_text: str, n_images: int) -> dict[str, Any]:
+    """`_debug_render_only`'s answer: Ollama's `_debug_info` (api/types.go DebugInfo), with
+    `image_count` left out when there are no images."""
+    info: dict[str, Any] = {"rendered_template": prompt_text}
+    if n_images:
+        info["image_count"] = n_images
+    return {**_empty_answer(ref, kind), "_debug_info": info}
 
 
 async def generate_job(
@@ -170,7 +180,7 @@ async def generate_job(
             async with use_model(state, ref, options, req.keep_alive) as model:
                 tokens = await _in_thread(model.fim_tokens, req.prompt, req.suffix)
                 prompt_text = model.detokenize(tokens)
-        return _debug_answer(ref, "generate", prompt_text)
+        return _debug_answer(ref, "generate", prompt_text, len(images))
     grammar = grammar_for(req.format)
     parts = _image_parts(prompt_text, images)
 
@@ -235,7 +245,7 @@ async def chat_job(
     think = think_enabled(ref, req.think)
     prompt_text = await _chat_prompt_text(ref, req, tools)
     if debug:
-        return _debug_answer(ref, "chat", prompt_text)
+        return _debug_answer(ref, "chat", prompt_text, len(images))
     hint = tool_call_hint(ref.resolved, ref.info)
     grammar = _chat_grammar(req, tools, hint, think=think, prompt_text=prompt_text)
     parts = _image_parts(prompt_text, images)
@@ -243,14 +253,14 @@ async def chat_job(
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         async with use_model(state, ref, options, req.keep_alive) as model:
             try:
-                if parts is not None:
-                    tokens, prompt_images = await model.tokenize_with_images(parts)
-                else:
-                    tokens, prompt_images = await _in_thread(model.tokenize, prompt_text), ()
+                text = prompt_text
+                tokens, prompt_images = await _tokenize(model, text, parts)
+                n_dropped = 0
+                n_messages = len(ref.resolved.messages) + len(req.messages)
+                if req.truncate is not False and len(tokens) >= model.n_ctx_seq and n_messages > 1:
+                    text, tokens, prompt_images, n_dropped = await _fit_chat(ref, req, tools, model)
                 params = generation_params(tokens, options, grammar, req, images=prompt_images)
-                shaper = OutputShaper(
-                    think=think, tools=tools, template_hint=hint, prompt=prompt_text
-                )
+                shaper = OutputShaper(think=think, tools=tools, template_hint=hint, prompt=text)
                 async for chunk in stream_generation(
                     state,
                     ref,
@@ -260,6 +270,7 @@ async def chat_job(
                     shaper=shaper,
                     t_start_ns=t_start,
                     load_ns=model.load_ns_since(t_start),
+                    truncated=n_dropped > 0,
                 ):
                     yield chunk
             except EngineError as exc:
@@ -268,14 +279,52 @@ async def chat_job(
     return chunks()
 
 
+async def _tokenize(
+    model: LoadedModel, text: str, parts: list[str | bytes] | None
+) -> tuple[list[int], tuple]:
+    """The prompt's tokens and images (`parts` from `_image_parts`; None without images)."""
+    if parts is not None:
+        return await model.tokenize_with_images(parts)
+    return await _in_thread(model.tokenize, text), ()
+
+
+async def _fit_chat(
+    ref: ModelRef, req: ChatRequest, tools: list[Tool], model: LoadedModel
+) -> tuple[str, list[int], tuple, int]:
+    """A conversation too long for the context, with old messages dropped as Ollama does
+    (`chat_fit`): the prompt text, its tokens and images, and how many messages went."""
+    without_messages = attrs.evolve(ref.resolved, messages=[])
+    conversation = list(ref.resolved.messages) + list(req.messages)
+
+    async def attempt(kept: list[Message]) -> tuple[str, list[int], tuple]:
+        text = await _render(
+            chat_prompt, without_messages, ref.info, kept, tools=tools, think=req.think
+        )
+        parts = _image_parts(text, chat_images(without_messages, kept))
+        return (text, *await _tokenize(model, text, parts))
+
+    (text, tokens, images), start = await drop_old_messages(
+        conversation, attempt, lambda result: len(result[1]) < model.n_ctx_seq
+    )
+    n_dropped = start - sum(1 for m in conversation[:start] if m.role == "system")
+    log.info("chat for %s: dropped %d old messages to fit num_ctx", ref.name, n_dropped)
+    return text, tokens, images, n_dropped
+
+
 async def count_chat_tokens(state: ServerState, req: ChatRequest) -> int:
     """How many tokens the prompt of `req` takes: rendered as `chat_job` renders it and
-    tokenized by the model itself (loaded if needed, with the request's keep_alive)."""
+    tokenized by the model itself (loaded if needed, with the request's keep_alive), each
+    image counted as the tokens the projector gives it (as in `prompt_eval_count`)."""
     ref = await resolve_model(state, req.model)
     options = effective_options(state, ref, req.options)
+    images = chat_images(ref.resolved, req.messages)
+    if images:
+        _check_runnable(ref, images)
     prompt_text = await _chat_prompt_text(ref, req, _offered_tools(ref, req))
+    parts = _image_parts(prompt_text, images)
     async with use_model(state, ref, options, req.keep_alive) as model:
-        return len(model.tokenize(prompt_text))
+        tokens, _images = await _tokenize(model, prompt_text, parts)
+        return len(tokens)
 
 
 def _offered_tools(ref: ModelRef, req: ChatRequest) -> list[Tool]:
@@ -384,9 +433,11 @@ async def stream_generation(
     t_start_ns: int,
     load_ns: int,
     with_context: bool = False,
+    truncated: bool = False,
 ) -> AsyncIterator[dict[str, Any]]:
     """Native chunks of one generation (`kind` is "generate" or "chat"); the last one carries
-    the metrics, and `context` when `with_context` (generate only)."""
+    the metrics, and `context` when `with_context` (generate only). `truncated`: the prompt
+    lost old messages before it reached the engine (said as `prompt_truncated`)."""
     first = True
     async with contextlib.aclosing(model.generate(params)) as stream:
         async for chunk in stream:
@@ -412,7 +463,7 @@ async def stream_generation(
             if chunk.stop_sequence:
                 # for the API styles that report it (Anthropic); the native routes drop it
                 out["stop_sequence"] = chunk.stop_sequence
-            if chunk.truncated:
+            if chunk.truncated or truncated:
                 # unlike Ollama, say so: the prompt did not fit num_ctx and lost its middle
                 out["prompt_truncated"] = True
             if kind == "generate" and with_context:

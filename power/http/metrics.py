@@ -15,6 +15,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from power.http import request_log
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -141,6 +143,7 @@ class Metrics:
         usage.requests += 1
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
+        request_log.note(model=model, prompt_tokens=prompt_tokens, eval_tokens=completion_tokens)
 
     def render(self, refresh: Callable[[], None] | None = None) -> bytes:
         if refresh is not None:

@@ -180,6 +180,7 @@ _EFFORT_TO_THINK: dict[str, bool | str] = {
     "none": False,
     "minimal": "low",
     "xhigh": "max",
+    "ultra": "max",  # a tier some clients add above OpenAI's (Ollama clamps it too)
     **{level: level for level in THINK_LEVELS},
 }
 

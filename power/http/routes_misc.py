@@ -1,4 +1,4 @@
-"""`/`, `/api/version`, `/health`, `/metrics`, `/v1/usage`."""
+"""`/`, `/api/version`, `/api/status`, `/health`, `/metrics`, `/v1/usage`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ async def root() -> Response:
 @blueprint.route("/api/version", methods=["GET", "HEAD"])
 async def version() -> Response:
     return jsonify({"version": __version__})
+
+
+@blueprint.route("/api/status", methods=["GET"])
+async def status() -> Response:
+    """Ollama's `/api/status` (`{"cloud": {"disabled", "source"}}`). power runs no cloud
+    models, so cloud is always disabled; `source` says "env" when `NO_CLOUD` is set as it is
+    for Ollama, else "none" (nothing the user set disabled it)."""
+    source = "env" if get_state().settings.no_cloud_env else "none"
+    return jsonify({"cloud": {"disabled": True, "source": source}})
 
 
 @blueprint.route("/health", methods=["GET", "HEAD"])

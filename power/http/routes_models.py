@@ -25,6 +25,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request
 
+from power.http import request_log
 from power.http.model_json import entry_json, show_json
 from power.http.progress import progress_response
 from power.http.schemas import (
@@ -57,9 +58,11 @@ def _name(text: str) -> ModelName:
     if not text:
         raise RequestError(400, "model is required")
     try:
-        return ModelName.parse(text)
+        name = ModelName.parse(text)
     except InvalidNameError as exc:
         raise RequestError(400, str(exc)) from None
+    request_log.note(model=name.display)
+    return name
 
 
 async def _blocking(fn: Callable[..., Any], *args: Any, subject: ModelName | None = None) -> Any:
@@ -166,6 +169,7 @@ async def create() -> Response:
     # `from` naming a file or folder of this machine is power's extension for the local CLI:
     # absolute paths, loopback clients only (LocalPathError: 400 or 403)
     local_source_path(req.from_, client=request.remote_addr or "")
+    local_source_path(req.draft, client=request.remote_addr or "")
 
     async def work(progress: Callable[[dict], None]) -> None:
         def report(event: dict) -> None:

@@ -28,6 +28,7 @@ from power.http.app import create_app
 from power.http.connections import ConnectionLimits, raise_open_files_limit
 from power.http.connections import serve as serve_connections
 from power.http.metrics import Metrics
+from power.http.request_log import RequestLogMiddleware, start_request_log
 from power.http.state import ServerState
 from power.registry.store import Store
 
@@ -105,12 +106,14 @@ async def serve(settings: Settings, *, task_status: Any = trio.TASK_STATUS_IGNOR
     )
     state = ServerState(settings=settings, store=store, manager=manager, metrics=metrics)
     app = create_app(state)
+    served = RequestLogMiddleware(app) if settings.request_log else app
+    stop_request_log = start_request_log() if settings.request_log else None
     limits = connection_limits(settings, raise_open_files_limit())
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
         try:
             await serve_connections(
-                app,
+                served,
                 hypercorn_config(settings),
                 limits,
                 shutdown_trigger=_shutdown_on_signal,
@@ -120,6 +123,8 @@ async def serve(settings: Settings, *, task_status: Any = trio.TASK_STATUS_IGNOR
             with trio.CancelScope(shield=True):
                 await manager.unload_all()
             nursery.cancel_scope.cancel()
+            if stop_request_log is not None:
+                stop_request_log()
 
 
 def serve_main() -> int:

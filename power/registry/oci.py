@@ -4,7 +4,10 @@
 `https` by default, plain `http` when `insecure` is set (as Ollama does). It answers a
 `401` carrying `WWW-Authenticate: Bearer realm=…,service=…,scope=…` by fetching an anonymous
 token from the realm and repeating the request with it, and it retries transient failures
-(connection errors, timeouts, 5xx, 429) with exponential backoff under a `RetryPolicy`.
+(timeouts, a connection dropped mid-exchange, 5xx, 429) with exponential backoff under a
+`RetryPolicy`. Failures that cannot heal by waiting fail at once with a message that says
+what happened: a host name that does not resolve, a refused connection, a TLS failure, any
+other 4xx (`is_transient_transport_error`, `is_transient_status`).
 
 Everything that goes wrong reaches callers as `RegistryError(message, status)`, whose message is
 fit to show a user (the same wording Ollama uses where it has one, e.g.
@@ -19,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -200,7 +204,48 @@ def status_error(response: httpx.Response, action: str) -> RegistryError:
     return RegistryError(text, response.status_code)
 
 
+def is_transient_transport_error(error: httpx.TransportError) -> bool:
+    """Whether repeating the request may succeed: timeouts and connections that broke in the
+    middle of an exchange (reset, closed early) may; a connection that could not be made at all
+    (the name does not resolve, the port refuses, TLS fails) or a malformed request may not."""
+    return isinstance(
+        error,
+        httpx.TimeoutException | httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError,
+    )
+
+
+def _os_causes(error: BaseException) -> list[OSError]:
+    """The OSErrors under an httpx error: httpx and httpcore chain them with `from`, and trio
+    gathers one per address tried (`all attempts to connect … failed`) in a group."""
+    found: list[OSError] = []
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            found.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return found
+
+
 def _transport_message(error: httpx.TransportError) -> str:
+    """What went wrong on the network, in words a user can act on."""
+    causes = _os_causes(error)
+    url = None
+    with contextlib.suppress(RuntimeError):  # an error raised without a request
+        url = error.request.url
+    where = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}" if url else ""
+    unresolved = [cause for cause in causes if isinstance(cause, socket.gaierror)]
+    if unresolved:
+        host = f" {url.host!r}" if url else ""
+        return f"cannot resolve the registry host{host}: {unresolved[0].strerror or unresolved[0]}"
+    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return f"connection refused by {where or 'the registry'}: is the registry running?"
     return str(error) or type(error).__name__
 
 
@@ -301,8 +346,8 @@ class RegistryClient:
     ) -> AsyncIterator[httpx.Response]:
         """Send a request and yield its response with the body not yet read.
 
-        A 401 with a Bearer challenge is answered once with a fresh token; connection errors,
-        timeouts, 5xx and 429 are retried under the policy (when `retry`) before the body is
+        A 401 with a Bearer challenge is answered once with a fresh token; timeouts, broken
+        connections, 5xx and 429 are retried under the policy (when `retry`) before the body is
         handed over. `content_factory()` must return a fresh body (bytes or an async iterator)
         for each attempt. Failures after the response is yielded are the caller's to handle.
         """
@@ -321,7 +366,7 @@ class RegistryClient:
                 response = await self._http.send(request, stream=True)
             except httpx.TransportError as error:
                 i_attempt += 1
-                if i_attempt >= attempts:
+                if i_attempt >= attempts or not is_transient_transport_error(error):
                     raise RegistryError(f"{action}: {_transport_message(error)}") from error
                 delay = self.retry.delay(i_attempt - 1)
                 log.info("%s: %s; retrying in %.1fs", action, error, delay)

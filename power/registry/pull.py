@@ -26,7 +26,9 @@ The contract of `pull_model`:
   of another model (in any process) cannot remove a blob the pull found already in the store.
 - Errors never name a path of the server (`public_os_error`).
 - An unknown model or tag raises `RegistryError("pull model manifest: file does not exist", 404)`
-  and leaves the store unchanged.
+  and leaves the store unchanged. A registry that cannot be reached at all (its host name does
+  not resolve, its port refuses) or that answers a 4xx other than 429 fails at once, without
+  retries: waiting cannot heal those (`power.registry.oci`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from power.registry.oci import (
     RegistryError,
     RetryPolicy,
     is_cancellation,
+    is_transient_transport_error,
     single_registry_error,
 )
 from power.registry.partial import (
@@ -341,7 +344,10 @@ async def download_part(
                     if part.completed > before:
                         n_failures = 0
                     n_failures += 1
-                    if n_failures >= policy.attempts:
+                    final = isinstance(error, httpx.TransportError) and not (
+                        is_transient_transport_error(error)
+                    )
+                    if n_failures >= policy.attempts or final:
                         raise RegistryError(f"pull blob {digest}: {error}") from error
                     delay = policy.delay(n_failures - 1)
                     log.info("pull blob %s: %s; resuming in %.1fs", digest, error, delay)
