@@ -8,7 +8,8 @@
   from a script: a function of the tokens of the row's sequence up to that row. It can be told to
   fail a given decode (`fail_decodes`), to lose itself at a given decode (`lose_decodes`:
   `ContextLost`, as a split model whose worker died, and `broken` from then on) or to raise in
-  KV-cache operations (`broken`). Its embeddings are all ones.
+  KV-cache operations (`broken`). Its embeddings are all ones. It and `FakeVocabulary` record
+  the thread that closed them (`closed_in_thread`).
 - `FakeProjector`: images are byte strings; image `bytes([a, b, c])` takes three positions and
   its embedding rows carry a, b, c, which `FakeContext.decode_embeddings` stores as if they were
   tokens (so the counting script continues an image that ends a prompt with c + 1). Bytes that
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -71,6 +73,7 @@ class FakeVocabulary:
         self.n_ctx_train = n_ctx_train
         self.bad_tokens = set(bad_tokens)
         self.closed = False
+        self.closed_in_thread: int | None = None
 
     def is_eog(self, token: int) -> bool:
         return token == EOG
@@ -88,6 +91,7 @@ class FakeVocabulary:
 
     def close(self) -> None:
         self.closed = True
+        self.closed_in_thread = threading.get_ident()
 
 
 class FakeContext:
@@ -113,6 +117,7 @@ class FakeContext:
         self.lose_decodes: set[int] = set()  # ... that raise ContextLost (and break the cache)
         self.broken = False  # KV-cache operations raise: the context is unusable
         self.closed = False
+        self.closed_in_thread: int | None = None
         self._rows: list[tuple[int, int]] = []
         self.image_decodes: list[tuple[int, int, int]] = []  # (seq, start position, n_tokens)
 
@@ -190,6 +195,7 @@ class FakeContext:
 
     def close(self) -> None:
         self.closed = True
+        self.closed_in_thread = threading.get_ident()
 
 
 class FakeProjector:
