@@ -25,7 +25,8 @@ With `--baseline PATH` a second server runs the code of another checkout (a `git
 an older commit, say) on the same store, and each round runs its routes too, after this
 checkout's: before/after ratios from one run, under the same load.
 
-Runs alternate (reference, openai, native) `--repeats` times per C (default 3). Each round's
+Runs alternate (reference, then the routes, each round starting with the next one)
+`--repeats` times per C (default 3). Each round's
 ratio compares a route with the reference run just before it (so a slow moment of a loaded
 machine affects both sides alike); the SUMMARY ratio is the median over rounds, and the best
 run of each side is printed beside it.
@@ -472,7 +473,11 @@ async def bench(args: Args, store_root: Path) -> Results:
                     take = f"Take {r + 1}"
                     runs["reference"].append(await reference.run(prompts_for(take, n), n_tokens))
                     print(describe("reference", runs["reference"][-1], n_tokens, n))
-                    for side in sides(args):
+                    # the sides take turns at running first: in a run on a busy machine the
+                    # side just after the reference came out slower in every round, whichever
+                    # code it ran
+                    order = sides(args)
+                    for side in order[r % len(order) :] + order[: r % len(order)]:
                         route, _, key = side.partition("@")
                         key = f"@{key}" if key else ""
                         prompts = prompts_for(f"{take} {side}", n)
