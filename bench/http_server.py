@@ -21,7 +21,15 @@ What runs:
   per step, greedy numpy argmax) in this process, on its own context opened as power opens
   one (n_seq = the largest C, kv_unified, num_ctx 1024 per sequence), while the server is idle.
 
-Runs alternate (reference, openai, native) `--repeats` times per C and the best of each is kept.
+With `--baseline PATH` a second server runs the code of another checkout (a `git worktree` of
+an older commit, say) on the same store, and each round runs its routes too, after this
+checkout's: before/after ratios from one run, under the same load.
+
+Runs alternate (reference, then the routes, each round starting with the next one)
+`--repeats` times per C (default 3). Each round's
+ratio compares a route with the reference run just before it (so a slow moment of a loaded
+machine affects both sides alike); the SUMMARY ratio is the median over rounds, and the best
+run of each side is printed beside it.
 
 Figures, per side and C:
 - window rate: generated tokens / (last token received - first request sent). For the
@@ -34,7 +42,13 @@ Figures, per side and C:
   over streams; inter-token latency (gap between text lines of one stream), p50 and p95 over
   all gaps of all streams.
 - CPU: cores used by the server process, by this process (the HTTP clients, or the reference),
-  and by everything else on the machine ("other"; above ~0.3 the run was disturbed).
+  and by everything else on the machine ("other"; above ~0.3 the run was disturbed); and the
+  CPU time of the server's trio thread (HTTP, JSON, the engine's bookkeeping) per generated
+  token, the cost of the HTTP path that does not depend on how busy the machine is.
+
+The clients are lean: they split the body into lines themselves and parse JSON only where a
+count or an error is (the final line), so that the client's own CPU, which competes with the
+server's on a small machine, stays small.
 
 The llama-server and reference figures quoted from /work/shared/NOTES.md were measured
 elsewhere on this kind of machine, not in this run; they are labelled so.
@@ -49,7 +63,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import attrs
@@ -80,6 +94,8 @@ NOTES_LLAMA_SERVER = {1: 71.0, 4: 105.0, 8: 169.0}  # llama-server -np 8, /v1/co
 NOTES_REFERENCE = {1: 79.0, 2: 86.0, 4: 141.0, 8: 192.0, 16: 258.0}  # bare ctypes loop
 
 ROUTE_LABELS = {"openai": "/v1/completions", "native": "/api/generate raw"}
+#: The sides of the server started from `--baseline` are its routes with this suffix.
+BASELINE_SUFFIX = "@baseline"
 
 
 # ---------------------------------------------------------------------- CPU accounting
@@ -91,15 +107,18 @@ def _machine_ticks() -> tuple[int, int]:
     return sum(values), values[3] + (values[4] if len(values) > 4 else 0)
 
 
-def _process_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
+def _process_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU seconds of process `pid` (of its thread `tid` when given)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def server_pid() -> int | None:
-    """The `power serve` child of this process (run_power_server yields only its URL)."""
+def server_pids() -> set[int]:
+    """The `power serve` children of this process (run_power_server yields only its URL)."""
     me = os.getpid()
+    found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -111,8 +130,8 @@ def server_pid() -> int | None:
         except (OSError, ValueError, IndexError):
             continue
         if ppid == me and b"power\0serve" in cmdline:
-            return int(entry)
-    return None
+            found.add(int(entry))
+    return found
 
 
 @attrs.frozen
@@ -122,6 +141,7 @@ class CpuUse:
     server: float
     own: float
     other: float
+    trio_seconds: float = 0.0  # CPU seconds of the server's main (trio) thread in the run
 
     def describe(self) -> str:
         return f"cpu: server {self.server:.2f}, bench {self.own:.2f}, other {self.other:.2f} cores"
@@ -133,6 +153,7 @@ class CpuWatch:
         self.wall = time.perf_counter()
         self.machine = _machine_ticks()
         self.server = _process_seconds(pid) if pid else 0.0
+        self.trio = _process_seconds(pid, pid) if pid else 0.0
         self.own = time.process_time()
 
     def stop(self) -> CpuUse:
@@ -140,9 +161,10 @@ class CpuWatch:
         total, idle = _machine_ticks()
         busy_share = 1.0 - (idle - self.machine[1]) / max(total - self.machine[0], 1)
         server = ((_process_seconds(self.pid) if self.pid else 0.0) - self.server) / wall
+        trio_seconds = (_process_seconds(self.pid, self.pid) - self.trio) if self.pid else 0.0
         own = (time.process_time() - self.own) / wall
         busy = busy_share * (os.cpu_count() or 1)
-        return CpuUse(server, own, max(busy - server - own, 0.0))
+        return CpuUse(server, own, max(busy - server - own, 0.0), trio_seconds)
 
 
 # ---------------------------------------------------------------------- measurements
@@ -182,6 +204,10 @@ class Run:
     @property
     def disturbed(self) -> bool:
         return self.cpu.other > OTHER_WORK_LIMIT
+
+    @property
+    def trio_ms_per_token(self) -> float:
+        return 1e3 * self.cpu.trio_seconds / self.tokens if self.tokens else float("nan")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -224,21 +250,33 @@ async def stream_openai(client: httpx.AsyncClient, prompt: str, n_tokens: int) -
     sent = time.perf_counter()
     async with client.stream("POST", "/v1/completions", json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
+        async for line in _lines(response):
             now = time.perf_counter()
-            if not line.startswith("data: ") or line == "data: [DONE]":
+            if not line.startswith(b"data: {"):
+                continue  # blank separators, data: [DONE]
+            if b'"text":"' in line and b'"text":""' not in line:
+                arrivals.append(now)  # a chunk with text: not parsed
                 continue
             event = json.loads(line[6:])
             if "error" in event:
                 raise RuntimeError(f"stream error: {event['error']}")
             for choice in event.get("choices") or ():
-                if choice.get("text"):
-                    arrivals.append(now)
                 if choice.get("finish_reason"):
                     reason = choice["finish_reason"]
             if event.get("usage"):
                 tokens = int(event["usage"]["completion_tokens"])
     return Stream(sent, arrivals, tokens, reason)
+
+
+async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's lines as bytes (httpx's aiter_lines decodes text and costs more)."""
+    rest = b""
+    async for data in response.aiter_bytes():
+        *lines, rest = (rest + data).split(b"\n")
+        for line in lines:
+            yield line
+    if rest:
+        yield rest
 
 
 async def stream_native(client: httpx.AsyncClient, prompt: str, n_tokens: int) -> Stream:
@@ -254,9 +292,12 @@ async def stream_native(client: httpx.AsyncClient, prompt: str, n_tokens: int) -
     sent = time.perf_counter()
     async with client.stream("POST", "/api/generate", json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
+        async for line in _lines(response):
             now = time.perf_counter()
             if not line:
+                continue
+            if line.endswith(b'"done":false}') and b'"response":""' not in line:
+                arrivals.append(now)  # a chunk with text: not parsed
                 continue
             chunk = json.loads(line)
             if "error" in chunk:
@@ -346,13 +387,14 @@ def prompts_for(take: str, n: int) -> list[str]:
 
 def describe(label: str, run: Run, n_tokens: int, streams: int) -> str:
     line = (
-        f"  {label:<22} {run.rate:6.1f} tok/s window ({run.tokens} tokens in {run.window:.2f} s), "
+        f"  {label:<28} {run.rate:6.1f} tok/s window ({run.tokens} tokens in {run.window:.2f} s), "
         f"steady {run.steady_rate:6.1f}; ttft {run.ttft * 1e3:6.0f} ms"
     )
     if label != "reference":
         line += (
             f"; itl p50 {percentile(run.gaps, 0.5) * 1e3:5.1f} ms, "
-            f"p95 {percentile(run.gaps, 0.95) * 1e3:5.1f} ms"
+            f"p95 {percentile(run.gaps, 0.95) * 1e3:5.1f} ms; "
+            f"trio thread {run.trio_ms_per_token:.3f} ms/token"
         )
     else:
         line += f"; step {run.gaps[0] * 1e3:5.1f} ms"
@@ -364,81 +406,151 @@ def describe(label: str, run: Run, n_tokens: int, streams: int) -> str:
     return line
 
 
-async def bench(args: Args, store_root: Path) -> dict[int, dict[str, Run]]:
+#: concurrency -> side ("reference", or a route) -> its runs, one per round, in order
+Results = dict[int, dict[str, list[Run]]]
+
+
+def sides(args: Args) -> list[str]:
+    """The HTTP sides of a round: each route on this checkout's server, then on the baseline's."""
+    routes = list(args.routes)
+    if args.baseline is not None:
+        routes += [f"{route}{BASELINE_SUFFIX}" for route in args.routes]
+    return routes
+
+
+def side_label(side: str) -> str:
+    route, _, baseline = side.partition("@")
+    return ROUTE_LABELS[route] + (" (baseline)" if baseline else "")
+
+
+async def start_server(
+    stack: contextlib.ExitStack, store_root: Path, env: dict[str, str], code: Path | None
+) -> tuple[str, int | None]:
+    """A `power serve` of this checkout (or of the checkout at `code`), model loaded."""
+    if code is not None:  # its own `power` package, not the one `python -m` finds in the cwd
+        env = {**env, "PYTHONPATH": str(code), "PYTHONSAFEPATH": "1"}
+    others = server_pids()
+    base_url = stack.enter_context(run_power_server(store_root, env))
+    pid = next(iter(server_pids() - others), None)
+    async with httpx.AsyncClient(base_url=base_url, timeout=300.0) as client:
+        t_load = time.perf_counter()
+        await stream_native(client, "Warm-up.", 2)  # loads the model
+    print(
+        f"server at {base_url} (pid {pid}, code {code or ROOT}); model loaded in "
+        f"{time.perf_counter() - t_load:.1f} s",
+        flush=True,
+    )
+    return base_url, pid
+
+
+async def bench(args: Args, store_root: Path) -> Results:
     sizes, n_tokens = args.sizes, args.tokens
     env = {"POWER_NUM_PARALLEL": str(max(sizes)), "POWER_NUM_THREAD": str(args.threads)}
-    best: dict[int, dict[str, Run]] = {}
-    with run_power_server(store_root, env) as base_url:
-        pid = server_pid()
-        limits = httpx.Limits(max_connections=max(sizes) + 4, max_keepalive_connections=max(sizes))
-        timeout = httpx.Timeout(300.0)
-        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
-            t_load = time.perf_counter()
-            await stream_native(client, "Warm-up.", 2)  # loads the model
-            print(
-                f"server at {base_url} (pid {pid}); model loaded in "
-                f"{time.perf_counter() - t_load:.1f} s",
-                flush=True,
-            )
-            model = LlamaModel(args.model)
-            reference = Reference(model, max(sizes), args.threads)
-            try:
-                warm = prompts_for("Warm-up", max(sizes))
-                await reference.run(warm, 4)
-                for route in args.routes:
-                    await run_http(client, route, warm, 4, pid)
-                for n in sizes:
-                    print(f"== C={n} ==", flush=True)
-                    runs: dict[str, list[Run]] = {"reference": []}
-                    for r in range(args.repeats):
-                        take = f"Take {r + 1}"
-                        runs["reference"].append(
-                            await reference.run(prompts_for(take, n), n_tokens)
+    results: Results = {}
+    limits = httpx.Limits(max_connections=max(sizes) + 4, max_keepalive_connections=max(sizes))
+    timeout = httpx.Timeout(300.0)
+    with contextlib.ExitStack() as stack:
+        servers = {"": await start_server(stack, store_root, env, None)}
+        if args.baseline is not None:
+            servers[BASELINE_SUFFIX] = await start_server(stack, store_root, env, args.baseline)
+        clients = {
+            key: httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout)
+            for key, (url, _) in servers.items()
+        }
+        model = LlamaModel(args.model)
+        reference = Reference(model, max(sizes), args.threads)
+        try:
+            warm = prompts_for("Warm-up", max(sizes))
+            await reference.run(warm, 4)
+            for side in sides(args):
+                route, _, key = side.partition("@")
+                key = f"@{key}" if key else ""
+                await run_http(clients[key], route, warm, 4, servers[key][1])
+            for n in sizes:
+                print(f"== C={n} ==", flush=True)
+                runs: dict[str, list[Run]] = {"reference": []}
+                for r in range(args.repeats):
+                    take = f"Take {r + 1}"
+                    runs["reference"].append(await reference.run(prompts_for(take, n), n_tokens))
+                    print(describe("reference", runs["reference"][-1], n_tokens, n))
+                    # the sides take turns at running first: in a run on a busy machine the
+                    # side just after the reference came out slower in every round, whichever
+                    # code it ran
+                    order = sides(args)
+                    for side in order[r % len(order) :] + order[: r % len(order)]:
+                        route, _, key = side.partition("@")
+                        key = f"@{key}" if key else ""
+                        prompts = prompts_for(f"{take} {side}", n)
+                        run = await run_http(
+                            clients[key], route, prompts, n_tokens, servers[key][1]
                         )
-                        print(describe("reference", runs["reference"][-1], n_tokens, n))
-                        for route in args.routes:
-                            prompts = prompts_for(f"{take} {route}", n)
-                            run = await run_http(client, route, prompts, n_tokens, pid)
-                            runs.setdefault(route, []).append(run)
-                            print(describe(ROUTE_LABELS[route], run, n_tokens, n), flush=True)
-                    best[n] = {side: max(rs, key=lambda x: x.rate) for side, rs in runs.items()}
-            finally:
-                reference.close()
-                model.close()
-    return best
+                        runs.setdefault(side, []).append(run)
+                        print(describe(side_label(side), run, n_tokens, n), flush=True)
+                results[n] = runs
+        finally:
+            reference.close()
+            model.close()
+            for client in clients.values():
+                await client.aclose()
+    return results
 
 
-def print_summaries(best: dict[int, dict[str, Run]], args: Args) -> None:
-    print(f"== best of {args.repeats} per side; window = first request sent to last token ==")
-    sizes = sorted(best)
+def round_ratios(runs: dict[str, list[Run]], route: str) -> list[float]:
+    """Each round's route rate over the rate of the reference run just before it."""
+    return [
+        run.rate / ref.rate
+        for run, ref in zip(runs[route], runs["reference"], strict=True)
+        if ref.rate > 0
+    ]
+
+
+def print_summaries(results: Results, args: Args) -> None:
+    print(
+        f"== {args.repeats} rounds per concurrency; window = first request sent to last token; "
+        "ratio = median over rounds of (route / the reference run of the same round) =="
+    )
+    sizes = sorted(results)
+    medians: dict[tuple[int, str], float] = {}
     for n in sizes:
-        ref = best[n]["reference"]
-        for route in args.routes:
-            run = best[n][route]
-            name = "http/ref" if route == "openai" else "http-native/ref"
-            disturbed = "; disturbed" if run.disturbed or ref.disturbed else ""
+        runs = results[n]
+        ref_best = max(runs["reference"], key=lambda r: r.rate)
+        for route in sides(args):
+            ratios = round_ratios(runs, route)
+            ratio = medians[n, route] = statistics.median(ratios)
+            best = max(runs[route], key=lambda r: r.rate)
+            trio_ms = statistics.median(r.trio_ms_per_token for r in runs[route])
+            name = "http/ref" if route.startswith("openai") else "http-native/ref"
+            name += "-baseline" if route.endswith(BASELINE_SUFFIX) else ""
+            disturbed = sum(r.disturbed for r in runs[route] + runs["reference"])
             print(
-                f"SUMMARY {name} C={n}: {run.rate / ref.rate:.2f} (power {run.rate:.0f} tok/s over "
-                f"HTTP {ROUTE_LABELS[route]}, reference {ref.rate:.0f} tok/s; steady "
-                f"{run.steady_rate:.0f} vs {ref.steady_rate:.0f}; ttft {run.ttft * 1e3:.0f} ms, "
-                f"itl p50 {percentile(run.gaps, 0.5) * 1e3:.1f} ms p95 "
-                f"{percentile(run.gaps, 0.95) * 1e3:.1f} ms{disturbed})"
+                f"SUMMARY {name} C={n}: {ratio:.3f} (median of {len(ratios)} rounds: "
+                f"{', '.join(f'{x:.3f}' for x in ratios)}; best runs: power {best.rate:.0f} "
+                f"tok/s over HTTP {side_label(route)}, reference {ref_best.rate:.0f} tok/s; "
+                f"steady {best.steady_rate:.0f} vs {ref_best.steady_rate:.0f}; ttft "
+                f"{best.ttft * 1e3:.0f} ms, itl p50 {percentile(best.gaps, 0.5) * 1e3:.1f} ms "
+                f"p95 {percentile(best.gaps, 0.95) * 1e3:.1f} ms; server trio thread "
+                f"{trio_ms:.3f} ms CPU per token"
+                + (f"; {disturbed} runs disturbed" if disturbed else "")
+                + ")"
             )
     base = sizes[0]
     for n in sizes[1:]:
         for route in args.routes:
             name = "http" if route == "openai" else "http-native"
-            run, first = best[n][route], best[base][route]
-            ref_scale = best[n]["reference"].rate / best[base]["reference"].rate
+            run = max(results[n][route], key=lambda r: r.rate)
+            first = max(results[base][route], key=lambda r: r.rate)
+            ref_scale = max(r.rate for r in results[n]["reference"]) / max(
+                r.rate for r in results[base]["reference"]
+            )
             print(
                 f"SUMMARY {name} C={n} vs C={base}: {run.rate / first.rate:.2f}x "
-                f"({run.rate:.0f} vs {first.rate:.0f} tok/s; the reference scales "
+                f"({run.rate:.0f} vs {first.rate:.0f} tok/s, best runs; the reference scales "
                 f"{ref_scale:.2f}x)"
             )
     for n in sizes:
         if n not in NOTES_LLAMA_SERVER or "openai" not in args.routes:
             continue
-        run = best[n]["openai"]
+        run = max(results[n]["openai"], key=lambda r: r.rate)
         quoted = NOTES_LLAMA_SERVER[n]
         print(
             f"SUMMARY http/llama-server C={n}: {run.rate / quoted:.2f} (power {run.rate:.0f} "
@@ -447,6 +559,11 @@ def print_summaries(best: dict[int, dict[str, Run]], args: Args) -> None:
             f"{NOTES_REFERENCE.get(n, float('nan')):.0f} tok/s were measured elsewhere on this "
             "kind of machine (shared/NOTES.md), not in this run)"
         )
+    print("== power over HTTP / the bare loop, same run (median of rounds) ==")
+    print(f"  {'clients':>7}  " + "  ".join(f"{side_label(r):>28}" for r in sides(args)))
+    for n in sizes:
+        cells = "  ".join(f"{medians[n, r]:>28.3f}" for r in sides(args))
+        print(f"  {n:>7}  {cells}")
 
 
 USAGE = """Usage:
@@ -457,8 +574,10 @@ Options:
   --threads N      llama.cpp threads, server and reference [default: 2]
   --tokens N       generated tokens per stream (default 128, 64 with --quick)
   --sizes LIST     concurrencies (default 1,4,8,16; 1,8 with --quick)
-  --repeats N      runs per side and concurrency, best kept (default 2, 1 with --quick)
+  --repeats N      rounds per concurrency (default 3, 2 with --quick)
   --routes LIST    openai (/v1/completions), native (/api/generate) [default: openai,native]
+  --baseline PATH  also run a server from another checkout (e.g. a `git worktree` of an
+                   older commit), each round beside this one's, to compare in the same run
   --quick          fewer sizes, tokens and runs
   -h --help        show this
 """
@@ -473,6 +592,7 @@ class Args:
     repeats: int
     routes: list[str]
     quick: bool
+    baseline: Path | None = None
 
 
 def parse_args(argv: list[str] | None) -> Args:
@@ -489,9 +609,10 @@ def parse_args(argv: list[str] | None) -> Args:
         threads=int(values["--threads"]),
         tokens=int(values["--tokens"] or (64 if quick else 128)),
         sizes=sorted({int(x) for x in sizes.split(",") if x.strip()}),
-        repeats=int(values["--repeats"] or (1 if quick else 2)),
+        repeats=int(values["--repeats"] or (2 if quick else 3)),
         routes=routes,
         quick=quick,
+        baseline=Path(values["--baseline"]).resolve() if values["--baseline"] else None,
     )
 
 
@@ -516,8 +637,8 @@ def main(argv: list[str] | None = None) -> None:
             template="{{ .Prompt }}",
             parameters={"num_ctx": NUM_CTX},
         )
-        best = trio.run(bench, args, store_root)
-    print_summaries(best, args)
+        results = trio.run(bench, args, store_root)
+    print_summaries(results, args)
     print(f"total {time.perf_counter() - t_start:.0f} s")
 
 

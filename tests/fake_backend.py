@@ -11,6 +11,7 @@
   KV-cache operations (`broken`). Its embeddings are all ones. Its sequence state
   (`seq_state_get`/`seq_state_set`, for the persistent prompt cache) is the cells' positions and
   tokens plus `state_pad` bytes per cell; `refuse_states` makes `seq_state_set` refuse (0).
+  It and `FakeVocabulary` record the thread that closed them (`closed_in_thread`).
 - `FakeProjector`: images are byte strings; image `bytes([a, b, c])` takes three positions and
   its embedding rows carry a, b, c, which `FakeContext.decode_embeddings` stores as if they were
   tokens (so the counting script continues an image that ends a prompt with c + 1). Bytes that
@@ -30,6 +31,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import struct
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -74,6 +76,7 @@ class FakeVocabulary:
         self.n_ctx_train = n_ctx_train
         self.bad_tokens = set(bad_tokens)
         self.closed = False
+        self.closed_in_thread: int | None = None
 
     def is_eog(self, token: int) -> bool:
         return token == EOG
@@ -91,6 +94,7 @@ class FakeVocabulary:
 
     def close(self) -> None:
         self.closed = True
+        self.closed_in_thread = threading.get_ident()
 
 
 _STATE_MAGIC = b"FAKESTATE"
@@ -120,6 +124,7 @@ class FakeContext:
         self.lose_decodes: set[int] = set()  # ... that raise ContextLost (and break the cache)
         self.broken = False  # KV-cache operations raise: the context is unusable
         self.closed = False
+        self.closed_in_thread: int | None = None
         self._rows: list[tuple[int, int]] = []
         self.image_decodes: list[tuple[int, int, int]] = []  # (seq, start position, n_tokens)
         self.state_pad = 16  # bytes per cell in a state, beside its position and token
@@ -230,6 +235,7 @@ class FakeContext:
 
     def close(self) -> None:
         self.closed = True
+        self.closed_in_thread = threading.get_ident()
 
 
 class FakeProjector:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 
 import pytest
 import trio
@@ -432,3 +433,89 @@ def test_an_instance_refuses_an_illegal_transition():
     with pytest.raises(IllegalTransition):
         inst._move(InstanceState.READY)
     assert inst.closed.is_set()
+
+
+# ---------------------------------------------------------------- freeing a model
+
+
+async def test_a_model_is_freed_in_a_worker_thread_not_on_the_trio_thread():
+    """llama.cpp takes 0.1-0.3 s to free a model: on the trio thread that stalled every HTTP
+    request. With trio's real worker threads, the fake records which thread closed it."""
+    backend = FakeBackend()
+    manager = ModelManager(backend=backend, estimator=lambda s: GIB, memory_probe=lambda: 10 * GIB)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        async with manager.use("m", spec()) as model:
+            p = GenerationParams(prompt=(BOS, 2), options=Options(temperature=0, num_predict=2))
+            assert await model.complete(p.prompt, p.options) == "3 4 "
+        inst = manager.instances["m"]
+        assert await manager.unload("m")
+        assert inst.state is InstanceState.CLOSED and manager.instances == {}
+        nursery.cancel_scope.cancel()
+    _, vocabulary, context = backend.opened[0]
+    assert context.closed and vocabulary.closed
+    trio_thread = threading.get_ident()
+    assert context.closed_in_thread not in (None, trio_thread)
+    assert vocabulary.closed_in_thread == context.closed_in_thread
+
+
+async def test_an_instance_is_closed_only_once_its_free_has_finished():
+    """While the worker frees the model the instance is UNLOADING (no request takes it) and
+    `closed` is not set; a request that arrives meanwhile loads the model anew afterwards."""
+    async with harness() as h:
+        await h.request()
+        inst = instance(h)
+        gate = h.worker.hold("close")
+        h.nursery.start_soon(h.manager.unload, "m")
+        with trio.fail_after(10):  # fails, rather than hangs, if the free is never reached
+            await gate.reached.wait()
+        assert inst.state is InstanceState.UNLOADING and not inst.closed.is_set()
+        assert h.closed_contexts() == 0 and "m" in h.manager.instances
+        h.nursery.start_soon(h.request)  # waits for the free, then loads anew
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.opened() == 1
+        gate.release()
+        await inst.closed.wait()
+        assert inst.state is InstanceState.CLOSED and h.closed_contexts() == 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert h.opened() == 2 and h.worker.calls["close"] == 1
+
+
+async def test_cancelling_the_manager_while_a_model_is_freed_finishes_the_free():
+    async with trio.open_nursery() as outer:
+        h = Harness(outer)
+        manager_scope = trio.CancelScope()
+
+        async def serve(task_status=trio.TASK_STATUS_IGNORED):
+            with manager_scope:
+                await h.manager.run(task_status=task_status)
+
+        await outer.start(serve)
+        await h.request()
+        inst = instance(h)
+        gate = h.worker.hold("close")
+        outer.start_soon(h.manager.unload, "m")
+        with trio.fail_after(10):  # fails, rather than hangs, if the free is never reached
+            await gate.reached.wait()
+        manager_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert inst.state is InstanceState.UNLOADING and h.closed_contexts() == 0  # shielded
+        gate.release()
+        await inst.closed.wait()
+        assert inst.state is InstanceState.CLOSED and h.closed_contexts() == 1
+
+
+async def test_a_failed_instance_is_failed_only_once_its_free_has_finished():
+    async with harness() as h:
+        await h.request()
+        inst = instance(h)
+        gate = h.worker.hold("close")
+        inst.loaded.context.broken = True
+        with pytest.raises(EngineError):
+            await h.request()
+        with trio.fail_after(10):  # fails, rather than hangs, if the free is never reached
+            await gate.reached.wait()
+        assert inst.state is InstanceState.UNLOADING and not inst.closed.is_set()
+        gate.release()
+        await inst.closed.wait()
+        assert inst.state is InstanceState.FAILED and h.closed_contexts() == 1

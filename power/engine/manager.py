@@ -3,18 +3,23 @@
 Instance lifecycle (`InstanceState`, checked by `Instance._move`)::
 
     LOADING --open succeeded--> READY --unload asked--> UNLOADING --freed--> CLOSED
-       |                          |                       ^
-       +--unload asked: done as soon as the open returns--+
-       |                          +--step loop failed or context lost, freed--> FAILED
+       |                          |                       ^   |
+       +--unload asked: done as soon as the open returns--+   +--freed, after a failure--> FAILED
+       |                          +--step loop failed or context lost--^
        +--open failed--> FAILED
+
+(While UNLOADING, the C resources are being freed in a worker thread; no request takes the
+instance, and `closed` is set only once they are free.)
 
 (A lost context: `ContextLost`, e.g. a split model whose RPC worker went away.)
 
 - Each instance is owned by one task in the manager's nursery (`_instance_task`). It opens the
   model in a worker thread (shielded: an open that has started always completes, so what it
   returns is never lost), runs the step loop under the instance's cancel scope, and in its
-  `finally` frees the C resources, moves to CLOSED or FAILED, and forgets the instance. Nothing
-  else frees an instance.
+  `finally` frees the C resources in a worker thread too (`LoadedModel.aclose`: under the
+  context's decode limiter, shielded, so a cancellation waits for the free to finish), then
+  moves to CLOSED or FAILED and forgets the instance. Nothing else frees an instance. Freeing a
+  model takes llama.cpp 0.1-0.3 s: on the trio thread it stalled every HTTP request as long.
 - A request (`use`) holds a reference from the moment it finds or creates the instance, loading
   or not. Cancelling a request that waits only drops its reference: the load goes on in the
   manager's task. A load abandoned by all its requesters finishes and then idles with its
@@ -76,7 +81,7 @@ _S = InstanceState
 TRANSITIONS: dict[InstanceState, frozenset[InstanceState]] = {
     _S.LOADING: frozenset({_S.READY, _S.UNLOADING, _S.FAILED}),
     _S.READY: frozenset({_S.UNLOADING, _S.FAILED}),
-    _S.UNLOADING: frozenset({_S.CLOSED}),
+    _S.UNLOADING: frozenset({_S.CLOSED, _S.FAILED}),
 }
 
 
@@ -373,14 +378,16 @@ class ModelManager:
                 if instance.failure is None:
                     await trio.sleep_forever()  # not expected: wait for an unload anyway
         finally:
+            failed = instance.failure is not None and instance.state is InstanceState.READY
+            if instance.state is InstanceState.READY:  # failed, or the manager was cancelled
+                instance._move(InstanceState.UNLOADING)  # no request takes it from here on
+                self._notify()
             if instance.failure is None:
                 await loaded.save_prompt_cache(self.cache_save_seconds)  # shielded, bounded
-            loaded.close()
-            if instance.failure is not None and instance.state is InstanceState.READY:
+            await loaded.aclose()  # in a worker thread, shielded: a cancellation waits for it
+            if failed:
                 instance._move(InstanceState.FAILED)  # the next request reloads it
             else:
-                if instance.state is InstanceState.READY:
-                    instance._move(InstanceState.UNLOADING)  # the manager itself was cancelled
                 instance._move(InstanceState.CLOSED)
                 self.on_event("unload", instance.name)
             self._forget(instance)

@@ -212,11 +212,20 @@ class LoadedModel:
 
     def close(self) -> None:
         """Free the projector, the context and the weights. Only after `run` has returned
-        (nothing may be decoding). Idempotent."""
+        (nothing may be decoding). Idempotent. Blocks for as long as llama.cpp takes to free
+        them (118-260 ms measured for gemma-3-270m): from the trio thread, use `aclose`."""
         if self.projector is not None:
             self.projector.close()
         self.context.close()
         self.model.close()
+
+    async def aclose(self) -> None:
+        """`close` in a worker thread, under the context's limiter: it waits for a decode or an
+        embedding still in a worker thread, and the trio thread (every HTTP request) does not
+        wait while llama.cpp frees the weights. Cancellation waits for the close to finish
+        (shielded): once this returns or raises, nothing of the model remains."""
+        with trio.CancelScope(shield=True):
+            await self.run_sync(self.close, limiter=self.limiter)
 
     def kv_bytes(self) -> int:
         """Approximate KV-cache bytes: cells × layers × embedding × K and V × element size."""
@@ -464,4 +473,4 @@ async def load(
                 nursery.cancel_scope.cancel()
         await loaded.save_prompt_cache()
     finally:
-        loaded.close()
+        await loaded.aclose()

@@ -64,6 +64,9 @@ log = logging.getLogger("power.connections")
 LINGER_SECONDS = 5.0
 LINGER_RECV = 1 << 20
 
+#: A body that writes without ever waiting yields to trio at least once per this many writes.
+FAST_SENDS_PER_YIELD = 64
+
 #: accept() errors that mean "out of files or memory for now" (as trio's serve_listeners).
 _CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -193,6 +196,7 @@ class GuardedTCPServer(TCPServer):
         self._receive_scope: trio.CancelScope | None = None
         self._handling: trio.CancelScope | None = None
         self._reader: trio.lowlevel.Task | None = None
+        self._fast_sends = 0
 
     # ------------------------------------------------------------ state
 
@@ -242,6 +246,13 @@ class GuardedTCPServer(TCPServer):
     # ------------------------------------------------------------ hypercorn's hooks
 
     async def protocol_send(self, event: Any) -> None:
+        if type(event) is RawData:
+            sent = self._send_now(event.data)
+            if sent is not None:
+                if sent == len(event.data):
+                    return
+                if sent:
+                    event = RawData(data=event.data[sent:])  # the rest: hypercorn's path
         if isinstance(event, Closed):
             await self._begin_close()
             await self.protocol.handle(Closed())
@@ -256,6 +267,38 @@ class GuardedTCPServer(TCPServer):
             else:  # a request's headers are complete
                 self.pool.progressed(self, whole_request=True)
             self._rearm()
+
+    def _send_now(self, data: bytes) -> int | None:
+        """Hand `data` to the kernel at once if nothing else is sending; how many bytes went
+        (hypercorn's path sends the rest: its lock, `send_all`, waiting for room), or None
+        when this path is not taken (hypercorn's sends it all).
+
+        A streamed answer writes one small chunk per token: hypercorn's path takes its send
+        lock and `send_all` and yields to trio's scheduler twice per write, two more rounds of
+        the event loop (an `epoll_wait` each) for every token of every stream. Here the write
+        is one `send` on the non-blocking socket. It does not yield: a body that never
+        awaits anything else goes through hypercorn's path every `FAST_SENDS_PER_YIELD`
+        writes, so it cannot starve the other tasks. Only HTTP/1.1 answers to a request
+        received whole take it (a streamed generation's are): an answer given while the
+        request body still arrives (a refusal, an existing blob) keeps hypercorn's timing."""
+        if not data or self.send_lock.locked() or self._closing_since is not None:
+            return None
+        connection = getattr(getattr(self.protocol, "protocol", None), "connection", None)
+        if not isinstance(connection, h11.Connection) or connection.their_state is not h11.DONE:
+            return None  # only once the whole request is in: an early answer keeps hypercorn's
+        self._fast_sends += 1
+        if self._fast_sends % FAST_SENDS_PER_YIELD == 0:
+            return None
+        socket = getattr(self.stream, "socket", None)  # a trio.SocketStream (not TLS)
+        raw = getattr(socket, "_sock", None)
+        if raw is None or socket.did_shutdown_SHUT_WR:
+            return None
+        try:
+            return raw.send(data)
+        except BlockingIOError:
+            return 0  # the kernel's buffer is full: hypercorn's path waits for room
+        except OSError:
+            return None  # broken: hypercorn's path reports it as it does
 
     async def _begin_close(self) -> None:
         """The server is done with this connection: send our FIN after the last answer byte,

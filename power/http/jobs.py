@@ -179,7 +179,7 @@ async def generate_job(
         if fim:
             async with use_model(state, ref, options, req.keep_alive) as model:
                 tokens = await _in_thread(model.fim_tokens, req.prompt, req.suffix)
-                prompt_text = model.detokenize(tokens)
+                prompt_text = await _in_thread(model.detokenize, tokens)
         return _debug_answer(ref, "generate", prompt_text, len(images))
     grammar = grammar_for(req.format)
     parts = _image_parts(prompt_text, images)

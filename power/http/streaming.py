@@ -18,9 +18,13 @@ SSE_CONTENT_TYPE = "text/event-stream"
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+#: One encoder for every chunk: `json.dumps` with options builds a new encoder at each call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON as Go's encoder writes it: no spaces, non-ASCII kept as UTF-8."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(obj)
 
 
 def ndjson_line(obj: Any) -> bytes:
@@ -40,10 +44,16 @@ def rfc3339(ns_since_epoch: int) -> str:
 
     At least one sub-second digit is always written, so clients always see sub-second digits.
     """
+    global _last_stamp
     seconds, ns = divmod(ns_since_epoch, 1_000_000_000)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    last = _last_stamp  # (seconds, their text): one strftime per second, not one per chunk
+    if last[0] != seconds:
+        last = _last_stamp = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
     digits = f"{ns:09d}".rstrip("0") or "0"
-    return f"{stamp}.{digits}Z"
+    return f"{last[1]}.{digits}Z"
+
+
+_last_stamp: tuple[int, str] = (-1, "")
 
 
 def rfc3339_now() -> str:
