@@ -25,6 +25,8 @@
 | IDLE_TIMEOUT (POWER_)    | 120s               | a kept-alive connection with no request        |
 | MAX_BLOB_BYTES (POWER_)  | unlimited          | largest /api/blobs upload (the disk's free     |
 |                          |                    | space bounds it in any case)                   |
+| SPECULATIVE (POWER_ only)| 1                  | 0 turns speculative decoding off (prompt       |
+|                          |                    | lookup and DRAFT models), for every request    |
 
 Durations are Go durations (`10s`, `2m`) or bare seconds; `0` or a negative one means "no limit".
 """
@@ -182,6 +184,7 @@ class Settings:
     body_timeout: float = 60.0
     idle_timeout: float = 120.0
     max_blob_bytes: int | None = None
+    speculative: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -214,6 +217,8 @@ class Settings:
             body_timeout=_seconds("POWER_BODY_TIMEOUT", 60.0),
             idle_timeout=_seconds("POWER_IDLE_TIMEOUT", 120.0),
             max_blob_bytes=_bytes("POWER_MAX_BLOB_BYTES"),
+            speculative=(os.environ.get("POWER_SPECULATIVE") or "1").strip().lower()
+            not in ("0", "false", "no", "off"),
         )
 
 

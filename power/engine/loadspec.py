@@ -77,6 +77,8 @@ class LoadSpec:
     #: of them (power.engine.split); not options: server settings
     rpc_servers: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
+    #: speculative decoding for requests that allow it (POWER_SPECULATIVE; a server setting)
+    speculative: bool = True
 
     @classmethod
     def from_options(

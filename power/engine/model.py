@@ -92,6 +92,7 @@ class LoadedModel:
                 limiter=self.limiter,
                 run_sync=self.run_sync,
                 projector=projector,
+                speculative=spec.speculative,
             )
         self.load_duration_ns = 0
         self.loaded_at_ns = 0
