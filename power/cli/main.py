@@ -255,7 +255,9 @@ def build_create_request(
     (a model and its vision projector, as Ollama's client does); FROM a folder of safetensors
     sends its absolute path in `from` (the server converts it); anything else is a model name
     sent in `from` (a GGUF file beside it, a projector, is added to that model). ADAPTER files
-    are uploaded into `adapters`.
+    are uploaded into `adapters`. DRAFT a GGUF file uploads it into `draft_files` (Ollama's
+    field); DRAFT a folder is sent as an absolute path and anything else as a model name, both
+    in `draft` (power's extension).
     """
     from power.registry.modelfile import gguf_files_in_folder
 
@@ -276,6 +278,15 @@ def build_create_request(
         if path is None or not path.is_file():
             raise CommandError(f"adapter file not found: {adapter}")
         request.setdefault("adapters", {})[path.name] = _upload(client, progress, path)
+    if modelfile.draft is not None:
+        path = _resolve_path(modelfile.draft, base)
+        if path is not None and path.is_file():
+            request["draft_files"] = {path.name: _upload(client, progress, path)}
+        else:
+            request["draft"] = str(path) if path is not None else modelfile.draft
+    for key in ("renderer", "parser", "requires"):
+        if getattr(modelfile, key) is not None:
+            request[key] = getattr(modelfile, key)
     if modelfile.template is not None:
         request["template"] = modelfile.template
     if modelfile.system is not None:

@@ -50,6 +50,10 @@ def show_json(shown: ModelShow) -> dict[str, Any]:
     answer["template"] = shown.template
     if model.system:
         answer["system"] = model.system
+    if model.renderer:
+        answer["renderer"] = model.renderer
+    if model.parser:
+        answer["parser"] = model.parser
     answer["details"] = details_json(model.details)
     if model.messages:
         answer["messages"] = [{"role": m.role, "content": m.content} for m in model.messages]
@@ -63,6 +67,8 @@ def show_json(shown: ModelShow) -> dict[str, Any]:
     if model.capabilities:
         answer["capabilities"] = list(model.capabilities)
     answer["modified_at"] = rfc3339(model.modified_at)
+    if model.requires:
+        answer["requires"] = model.requires
     return answer
 
 

@@ -166,6 +166,7 @@ async def create() -> Response:
     # `from` naming a file or folder of this machine is power's extension for the local CLI:
     # absolute paths, loopback clients only (LocalPathError: 400 or 403)
     local_source_path(req.from_, client=request.remote_addr or "")
+    local_source_path(req.draft, client=request.remote_addr or "")
 
     async def work(progress: Callable[[dict], None]) -> None:
         def report(event: dict) -> None:

@@ -33,6 +33,7 @@ from power.registry.gguf_meta import GGUFInfo, read_gguf_info_cached
 from power.registry.models import ResolvedModel
 from power.registry.names import InvalidNameError, ModelName
 from power.registry.store import ModelNotFoundError, StoreError
+from power.version import unmet_requirement
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ class ModelRef:
 
 async def resolve_model(state: ServerState, name: str) -> ModelRef:
     """The stored model `name`, ready to run: 400 for a bad name or a model without a model
-    layer, 404 when it is not in the store, 500 when the store cannot be read. The store is
+    layer, 404 when it is not in the store, 412 when it requires a newer Ollama than power
+    follows (`REQUIRES`), 500 when the store cannot be read. The store is
     read in a worker thread (the trio thread never waits on the disk), and only when the
     model's manifest changed since it was last read."""
     if not name:
@@ -89,6 +91,9 @@ async def resolve_model(state: ServerState, name: str) -> ModelRef:
         raise RequestError(404, f"model '{name}' not found") from None
     except StoreError as exc:
         raise RequestError(500, str(exc)) from None
+    unmet = unmet_requirement(resolved.requires)
+    if unmet is not None:  # Ollama's registry answers 412 for a model too new for the client
+        raise RequestError(412, unmet)
     return ModelRef(name=parsed.display, resolved=resolved, info=info)
 
 

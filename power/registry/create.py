@@ -12,6 +12,14 @@ The base comes from one of:
 - power's extension: `from` together with `files` adds the uploaded vision projector(s) to the
   base (Ollama ignores `files` when `from` is set): `FROM llava:7b` + `FROM ./mmproj.gguf`.
 
+A draft model (Modelfile `DRAFT`, for speculative decoding) comes from `draft_files` (uploaded
+GGUF blobs, Ollama's field) or, power's extension, from `draft`: a model of the store (its model
+layer is shared) or an absolute local path, under the same rule as `from`. It becomes one
+`application/vnd.ollama.image.draft` layer (replacing an inherited one) and the config's
+`draft: {model_format, architecture}`, as Ollama stores it. `renderer`, `parser` and `requires`
+go into the config blob (inherited from a `from` model unless given); a model that requires a
+newer Ollama than power follows (`power.version.unmet_requirement`) is refused.
+
 A vision projector (a GGUF whose `general.type` is `mmproj`/`projector`, or a `clip` file with a
 vision encoder) becomes an `application/vnd.ollama.image.projector` layer beside the model
 layer, as in Ollama's store; a projector added to a base replaces the base's.
@@ -58,12 +66,13 @@ from power.registry.gguf_meta import (
     is_gguf_file,
     read_gguf_info_cached,
 )
-from power.registry.local_paths import LocalPathError, local_source_path
+from power.registry.local_paths import LocalPathError, local_source_path, names_a_path
 from power.registry.modelfile import gguf_files_in_folder
 from power.registry.names import ModelName
 from power.registry.store import (
     MEDIA_TYPE_ADAPTER,
     MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_DRAFT,
     MEDIA_TYPE_LICENSE,
     MEDIA_TYPE_MESSAGES,
     MEDIA_TYPE_MODEL,
@@ -83,6 +92,7 @@ from power.registry.store import (
     normalize_digest,
     public_os_error,
 )
+from power.version import normalize_requires, unmet_requirement
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +114,8 @@ class CreateRequest:
     the old spellings of `model` and `quantize`); Python callers build it directly. `files` and
     `adapters` map file names to blob digests; `parameters` are typed by `power.options` when the
     params layer is written; `stream` is for the HTTP route only (create reports progress through
-    its callback either way). Empty strings and None mean "not given"."""
+    its callback either way). `draft` is power's spelling of a draft model by name or absolute
+    path; `draft_files` is Ollama's (uploaded blobs). Empty strings and None mean "not given"."""
 
     model: str = ""
     from_: str = ""
@@ -116,6 +127,11 @@ class CreateRequest:
     parameters: dict[str, Any] = attrs.field(factory=dict)
     messages: list[Message] = attrs.field(factory=list)
     quantize: str = ""
+    draft: str = ""
+    draft_files: dict[str, str] = attrs.field(factory=dict)
+    renderer: str = ""
+    parser: str = ""
+    requires: str = ""
     stream: bool = True
 
 
@@ -184,6 +200,9 @@ def _build(job: _Job, name: ModelName, request: CreateRequest) -> Manifest:
         raise CreateError("neither 'from' or 'files' was specified")
     if request.adapters:
         layers += _from_files(job, request.adapters, True)
+    if request.draft or request.draft_files:
+        draft = _draft_layer(job, request)
+        layers = [b for b in layers if b.layer.media_type != MEDIA_TYPE_DRAFT] + [draft]
     if request.quantize:
         layers = [
             _quantized(job, built, request.quantize)
@@ -191,7 +210,10 @@ def _build(job: _Job, name: ModelName, request: CreateRequest) -> Manifest:
             else built
             for built in layers
         ]
-    config = _config(layers, base_config)
+    config = _config(layers, base_config, request)
+    unmet = unmet_requirement(config.get("requires"))
+    if unmet is not None:
+        raise CreateError(unmet)
     layers = _with_text_layers(job, layers, request)
     config_data = go_json_encode(config)
     config_digest, _new = job.store_bytes(config_data)
@@ -273,7 +295,7 @@ def _from_source(job: _Job, source: str) -> tuple[list[_Built], dict[str, Any]]:
         if not store.has_blob(layer.digest):
             raise StoreError(f"blob {layer.digest} of {stored.display} is missing from the store")
         info = None
-        if layer.media_type in (MEDIA_TYPE_MODEL, MEDIA_TYPE_PROJECTOR, MEDIA_TYPE_ADAPTER):
+        if layer.media_type in _GGUF_LAYERS:
             info = _read_info(store.blob_path(layer.digest))
         inherited = Layer(
             layer.media_type, layer.digest, layer.size, from_=stored.display, name=layer.name
@@ -287,6 +309,25 @@ def _from_source(job: _Job, source: str) -> tuple[list[_Built], dict[str, Any]]:
         except ValueError:
             base_config = {}
     return layers, base_config
+
+
+_GGUF_LAYERS = (MEDIA_TYPE_MODEL, MEDIA_TYPE_PROJECTOR, MEDIA_TYPE_ADAPTER, MEDIA_TYPE_DRAFT)
+
+
+def _draft_layer(job: _Job, request: CreateRequest) -> _Built:
+    """The draft layer: from `draft_files`, a local path or a model of the store (whose model
+    layer alone is taken)."""
+    if request.draft_files:
+        built = _from_files(job, request.draft_files, False)
+    else:
+        built, _base_config = _from_source(job, request.draft)
+        if not names_a_path(request.draft):
+            built = [b for b in built if b.layer.media_type == MEDIA_TYPE_MODEL]
+    if len(built) != 1 or built[0].layer.media_type != MEDIA_TYPE_MODEL:
+        raise CreateError("DRAFT must name one GGUF model (not a projector or an adapter)")
+    layer = built[0].layer
+    draft = Layer(MEDIA_TYPE_DRAFT, layer.digest, layer.size, from_=layer.from_, name=layer.name)
+    return _Built(draft, built[0].status, built[0].info)
 
 
 def _local_gguf(job: _Job, path: Path, source: str) -> _Built:
@@ -464,7 +505,9 @@ def _quantized(job: _Job, built: _Built, quantize: str) -> _Built:
 # ---------------------------------------------------------------- config and text layers
 
 
-def _config(layers: list[_Built], base_config: dict[str, Any]) -> dict[str, Any]:
+def _config(
+    layers: list[_Built], base_config: dict[str, Any], request: CreateRequest
+) -> dict[str, Any]:
     """The config blob's content, keys in the order of Ollama's ConfigV2 struct."""
     models = [b for b in layers if b.layer.media_type == MEDIA_TYPE_MODEL and b.info is not None]
     first = models[0].info if models else None
@@ -475,11 +518,25 @@ def _config(layers: list[_Built], base_config: dict[str, Any]) -> dict[str, Any]
         "model_type": first.parameter_size if first else "",
         "file_type": first.quantization_level if first else "",
     }
-    for key in ("renderer", "parser", "requires"):
-        if isinstance(base_config.get(key), str) and base_config[key]:
+    requires = request.requires
+    if requires:
+        try:
+            requires = normalize_requires(requires)
+        except ValueError as error:
+            raise CreateError(str(error)) from None
+    given = {"renderer": request.renderer, "parser": request.parser, "requires": requires}
+    for key, value in given.items():
+        if value:
+            config[key] = value
+        elif isinstance(base_config.get(key), str) and base_config[key]:
             config[key] = base_config[key]
     if isinstance(base_config.get("capabilities"), list) and base_config["capabilities"]:
         config["capabilities"] = list(base_config["capabilities"])
+    drafts = [b for b in layers if b.layer.media_type == MEDIA_TYPE_DRAFT]
+    if drafts:
+        info = drafts[0].info
+        draft = {"model_format": "gguf", "architecture": info.architecture if info else ""}
+        config["draft"] = {key: value for key, value in draft.items() if value}
     config["architecture"] = "amd64"  # Ollama writes these two constants
     config["os"] = "linux"
     return config

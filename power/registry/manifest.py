@@ -23,6 +23,7 @@ MEDIA_TYPE_CONFIG = "application/vnd.docker.container.image.v1+json"
 MEDIA_TYPE_MODEL = "application/vnd.ollama.image.model"
 MEDIA_TYPE_ADAPTER = "application/vnd.ollama.image.adapter"
 MEDIA_TYPE_PROJECTOR = "application/vnd.ollama.image.projector"
+MEDIA_TYPE_DRAFT = "application/vnd.ollama.image.draft"  # a draft model (speculative decoding)
 MEDIA_TYPE_TEMPLATE = "application/vnd.ollama.image.template"
 MEDIA_TYPE_PROMPT = "application/vnd.ollama.image.prompt"  # old name of the template layer
 MEDIA_TYPE_SYSTEM = "application/vnd.ollama.image.system"

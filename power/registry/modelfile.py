@@ -10,6 +10,10 @@ Syntax (Ollama's, docs/modelfile.md):
     ADAPTER <path>
     LICENSE <text>                      may repeat
     MESSAGE <system|user|assistant> <text>
+    DRAFT <model name | path to a GGUF file>   a draft model for speculative decoding
+    REQUIRES <version>                  the minimum Ollama version the model needs (semver)
+    RENDERER <name>                     Ollama's built-in prompt renderer to use
+    PARSER <name>                       Ollama's built-in output parser to use
 
 Commands are case-insensitive. A value runs to the end of its line, or is quoted: `"…"` or
 `\"\"\"…\"\"\"`, and a quoted value may span lines. A quote closes at the first closing quote
@@ -30,8 +34,21 @@ import attrs
 
 from power.messages import Message
 from power.options import OptionError, coerce_option
+from power.version import normalize_requires
 
-COMMANDS = ("from", "parameter", "template", "system", "adapter", "license", "message")
+COMMANDS = (
+    "from",
+    "parameter",
+    "template",
+    "system",
+    "adapter",
+    "license",
+    "message",
+    "draft",
+    "requires",
+    "renderer",
+    "parser",
+)
 MESSAGE_ROLES = ("system", "user", "assistant")
 _SPACE = " \t"
 
@@ -48,7 +65,9 @@ class ModelfileError(ValueError):
 @attrs.define
 class Modelfile:
     """What a Modelfile says. `sources` are the FROM arguments in order (the first is the
-    model; Ollama's `show` writes a vision projector as a second FROM)."""
+    model; Ollama's `show` writes a vision projector as a second FROM). `draft` is the DRAFT
+    argument as written (a model name or a path); `requires` is stored without a `v`; `renderer`
+    and `parser` are names kept in the config blob. None means "not given"."""
 
     sources: list[str] = attrs.field(factory=list)
     parameters: dict[str, Any] = attrs.field(factory=dict)
@@ -57,6 +76,10 @@ class Modelfile:
     adapters: list[str] = attrs.field(factory=list)
     license: list[str] = attrs.field(factory=list)
     messages: list[Message] = attrs.field(factory=list)
+    draft: str | None = None
+    requires: str | None = None
+    renderer: str | None = None
+    parser: str | None = None
 
     @property
     def from_(self) -> str:
@@ -207,6 +230,19 @@ def parse_modelfile(text: str) -> Modelfile:
                 result.adapters.append(value)
             elif command == "license":
                 result.license.append(value)
+            elif command == "draft":
+                if not value:
+                    raise ModelfileError("DRAFT needs a model name or a path", line)
+                result.draft = value
+            elif command == "requires":
+                try:
+                    result.requires = normalize_requires(value)
+                except ValueError as error:
+                    raise ModelfileError(str(error), line) from None
+            elif command == "renderer":
+                result.renderer = value
+            elif command == "parser":
+                result.parser = value
     if not result.sources:
         raise ModelfileError("no FROM line")
     return result
@@ -271,11 +307,15 @@ def format_modelfile(
     adapters: list[str] | None = None,
     license: list[str] | None = None,
     messages: list[Message] | None = None,
+    draft: str | None = None,
+    requires: str | None = None,
+    renderer: str | None = None,
+    parser: str | None = None,
     header: str = "",
 ) -> str:
     """Modelfile text for a `Modelfile` (or for the same fields given one by one), in the order
-    Ollama's `show` writes: FROM, ADAPTER, TEMPLATE, SYSTEM, PARAMETER, LICENSE, MESSAGE.
-    `header` (e.g. comment lines) is written first, as is."""
+    Ollama's `show` writes: FROM, ADAPTER, DRAFT, TEMPLATE, SYSTEM, RENDERER, PARSER, REQUIRES,
+    PARAMETER, LICENSE, MESSAGE. `header` (e.g. comment lines) is written first, as is."""
     if modelfile is not None:
         sources = modelfile.sources
         parameters = modelfile.parameters
@@ -284,15 +324,24 @@ def format_modelfile(
         adapters = modelfile.adapters
         license = modelfile.license
         messages = modelfile.messages
+        draft = modelfile.draft
+        requires = modelfile.requires
+        renderer = modelfile.renderer
+        parser = modelfile.parser
     lines: list[str] = []
     for source in sources or []:
         lines.append(f"FROM {quote_value(source)}")
     for adapter in adapters or []:
         lines.append(f"ADAPTER {quote_value(adapter)}")
+    if draft is not None:
+        lines.append(f"DRAFT {quote_value(draft)}")
     if template is not None:
         lines.append(f"TEMPLATE {quote_value(template)}")
     if system is not None:
         lines.append(f"SYSTEM {quote_value(system)}")
+    for command, text in (("RENDERER", renderer), ("PARSER", parser), ("REQUIRES", requires)):
+        if text is not None:
+            lines.append(f"{command} {quote_value(text)}")
     for name, value in (parameters or {}).items():
         for item in value if isinstance(value, list) else [value]:
             lines.append(f"PARAMETER {name} {quote_value(format_value(item))}")

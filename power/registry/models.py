@@ -42,6 +42,7 @@ from power.registry.modelfile import format_modelfile
 from power.registry.names import ModelName
 from power.registry.store import (
     MEDIA_TYPE_ADAPTER,
+    MEDIA_TYPE_DRAFT,
     MEDIA_TYPE_LICENSE,
     MEDIA_TYPE_MESSAGES,
     MEDIA_TYPE_MODEL,
@@ -103,6 +104,8 @@ class ResolvedModel:
     `template` is the model's TEMPLATE layer (Go text/template) or None; `chat_template` is the
     GGUF's `tokenizer.chat_template` (Jinja) or None. `params` holds the Modelfile parameters,
     typed by `power.options` (`stop` is a list); unknown keys in the blob are dropped.
+    `draft_path` is the draft model's GGUF (Modelfile `DRAFT`, for speculative decoding) or None;
+    `renderer`, `parser` and `requires` come from the config blob ("" when absent).
     """
 
     name: ModelName
@@ -122,6 +125,19 @@ class ResolvedModel:
     details: ModelDetails
     capabilities: list[str]
     info: GGUFInfo | None
+    draft_path: Path | None = None
+
+    @property
+    def renderer(self) -> str:
+        return _config_text(self.config, "renderer")
+
+    @property
+    def parser(self) -> str:
+        return _config_text(self.config, "parser")
+
+    @property
+    def requires(self) -> str:
+        return _config_text(self.config, "requires")
 
     @property
     def projector_path(self) -> Path | None:
@@ -134,6 +150,11 @@ class ResolvedModel:
     @property
     def context_length(self) -> int | None:
         return self.info.context_length if self.info is not None else None
+
+
+def _config_text(config: dict[str, Any], key: str) -> str:
+    value = config.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def parse_name(name: str | ModelName) -> ModelName:
@@ -189,6 +210,7 @@ def _resolve_once(store: Store, name: str | ModelName, model_name: ModelName) ->
     parent_model = ""
     adapters: list[Path] = []
     projectors: list[Path] = []
+    draft_path = None
     template = system = None
     params: dict[str, Any] = {}
     messages: list[Message] = []
@@ -202,6 +224,8 @@ def _resolve_once(store: Store, name: str | ModelName, model_name: ModelName) ->
             adapters.append(store.blob_path(layer.digest))
         elif media == MEDIA_TYPE_PROJECTOR:
             projectors.append(store.blob_path(layer.digest))
+        elif media == MEDIA_TYPE_DRAFT:
+            draft_path = store.blob_path(layer.digest)
         elif media in (MEDIA_TYPE_TEMPLATE, MEDIA_TYPE_PROMPT):
             template = _read_text_blob(store, layer.digest)
         elif media == MEDIA_TYPE_SYSTEM:
@@ -242,6 +266,7 @@ def _resolve_once(store: Store, name: str | ModelName, model_name: ModelName) ->
         details=details,
         capabilities=capabilities_of(info, template, bool(projectors), config),
         info=info,
+        draft_path=draft_path,
     )
 
 
@@ -393,6 +418,10 @@ def modelfile_of(model: ResolvedModel) -> str:
         parameters=model.params,
         license=model.license,
         messages=model.messages,
+        draft=str(model.draft_path) if model.draft_path is not None else None,
+        renderer=model.renderer or None,
+        parser=model.parser or None,
+        requires=model.requires or None,
         header=header,
     )
 

@@ -59,6 +59,7 @@ from power.registry.locks import (
 from power.registry.manifest import (
     MEDIA_TYPE_ADAPTER,
     MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_DRAFT,
     MEDIA_TYPE_LICENSE,
     MEDIA_TYPE_MANIFEST,
     MEDIA_TYPE_MESSAGES,
@@ -91,6 +92,7 @@ from power.registry.sweep import (
 __all__ = [
     "MEDIA_TYPE_ADAPTER",
     "MEDIA_TYPE_CONFIG",
+    "MEDIA_TYPE_DRAFT",
     "MEDIA_TYPE_LICENSE",
     "MEDIA_TYPE_MANIFEST",
     "MEDIA_TYPE_MESSAGES",
