@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+import pytest
 import trio
 import trio.testing
 
 from power.engine.loadspec import LoadSpec
 from power.engine.model import LoadedModel
 from power.engine.sampling import SequenceSampler
-from power.engine.types import GenerationParams
+from power.engine.types import EngineError, GenerationParams
 from power.options import Options
 from tests.fake_backend import BOS, EOG, N_VOCAB, FakeBackend, Worker, counting
 
@@ -234,3 +235,65 @@ async def test_draft_num_predict_0_and_the_setting_turn_speculation_off():
     async with fake_model(copy_with_edits, speculative=False) as model:
         await read_all(submit(model, *request, None))
         assert model.runner.n_drafted == 0
+
+
+# ---------------------------------------------------------------- DRAFT models
+
+
+class DraftBackend(FakeBackend):
+    """Opens the target and, for a path naming it, a draft model: `fake` (the same model),
+    `small-vocab` (another vocabulary)."""
+
+    def open(self, spec):
+        model, context = super().open(spec)
+        if spec.model_path == "small-vocab":
+            model.n_vocab = N_VOCAB - 1
+        return model, context
+
+
+@contextlib.asynccontextmanager
+async def drafted_model(script, draft_path="fake", **extra):
+    backend = DraftBackend(script=script)
+    spec = LoadSpec(model_path="fake", num_ctx=256, num_parallel=8, draft_path=draft_path, **extra)
+    loaded = await LoadedModel.open(spec, backend=backend, run_sync=Worker())
+    loaded.fake = backend.opened[0][2]
+    loaded.draft_fake = backend.opened[1][2]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loaded.run)
+            yield loaded
+            nursery.cancel_scope.cancel()
+    finally:
+        loaded.close()
+    assert loaded.draft_fake.closed
+
+
+async def test_a_draft_model_that_is_the_model_itself_is_always_right():
+    plain, _, _, _ = await run_mixed(copy_with_edits, speculative=False)
+    async with drafted_model(copy_with_edits) as model:
+        runner = model.runner
+        gens = [submit(model, *request) for request in mixed_requests()]
+        results = [await read_all(gen) for gen in gens]
+        for (text_a, ids_a, last_a), (text_b, ids_b, last_b) in zip(plain, results, strict=True):
+            assert text_a == text_b and ids_a == ids_b and last_a.context == last_b.context
+        assert runner.n_drafted > 0
+        # only the grammar, sampling and penalties may reject what the bare model proposes
+        solo = submit(model, *mixed_requests()[0])
+        before = (runner.n_drafted, runner.n_accepted)
+        await read_all(solo)
+        assert runner.n_drafted - before[0] == runner.n_accepted - before[1] > 0
+        await trio.testing.wait_all_tasks_blocked()
+        # the draft sequence mirrors the target's cells (and its last draft tokens)
+        drafter = model.drafter
+        for seq, cells in drafter.cached.items():
+            assert model.draft_fake.tokens(seq) == cells
+
+
+async def test_a_draft_model_with_another_vocabulary_is_refused_with_400():
+    backend = DraftBackend()
+    spec = LoadSpec(model_path="fake", num_ctx=64, num_parallel=2, draft_path="small-vocab")
+    with pytest.raises(EngineError, match="vocabulary differs") as info:
+        await LoadedModel.open(spec, backend=backend, run_sync=Worker())
+    assert info.value.status == 400
+    assert all(context.closed for _, _, context in backend.opened)
+    assert all(model.closed for _, model, _ in backend.opened)

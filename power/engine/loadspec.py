@@ -61,6 +61,8 @@ class LoadSpec:
     model_path: str
     adapters: tuple[str, ...] = ()
     projector_path: str | None = None  # a vision projector (mmproj GGUF) loaded beside the model
+    #: a draft model (Modelfile DRAFT) loaded beside the model for speculative decoding
+    draft_path: str | None = None
     num_ctx: int = 4096
     num_batch: int = 512
     num_gpu: int = -1

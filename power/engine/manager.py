@@ -264,7 +264,9 @@ class ModelManager:
                         ready, held = held, None
                         return ready
                     if held.state is InstanceState.FAILED:
-                        raise EngineError(f"failed to load model {name!r}: {held.load_error}")
+                        error = held.load_error
+                        status = error.status if isinstance(error, EngineError) else 500
+                        raise EngineError(f"failed to load model {name!r}: {error}", status=status)
                     if held.state is not InstanceState.LOADING or held.unload_requested:
                         raise EngineError(f"model {name!r} was unloaded while loading", status=503)
                     await changed.wait()

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import trio
 
@@ -32,6 +33,7 @@ from power.engine.backend import (
     Vocabulary,
     WorkerRunner,
 )
+from power.engine.drafter import Drafter, vocabulary_mismatch
 from power.engine.loadspec import LoadSpec, clamp_num_ctx
 from power.engine.multimodal import PromptImage, build_prompt
 from power.engine.rpc import DeviceShare, local_placement
@@ -68,8 +70,10 @@ class LoadedModel:
         *,
         run_sync: WorkerRunner | None = None,
         projector: Projector | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         self.spec = spec
+        self.drafter = drafter
         self.model = model
         self.context = context
         self.projector = projector
@@ -93,6 +97,7 @@ class LoadedModel:
                 run_sync=self.run_sync,
                 projector=projector,
                 speculative=spec.speculative,
+                drafter=drafter,
             )
         self.load_duration_ns = 0
         self.loaded_at_ns = 0
@@ -125,11 +130,28 @@ class LoadedModel:
             opened.append(backend.open(spec))
             if spec.projector_path is not None:
                 projectors.append(backend.open_projector(spec, opened[0][0]))
+            if spec.draft_path is not None and not opened[0][1].is_embedding:
+                draft_spec = attrs.evolve(
+                    spec,
+                    model_path=spec.draft_path,
+                    adapters=(),
+                    projector_path=None,
+                    draft_path=None,
+                    rpc_servers=(),
+                    tensor_split=(),
+                )
+                opened.append(backend.open(draft_spec))
+                why = vocabulary_mismatch(opened[0][0], opened[1][0])
+                if why is not None:
+                    raise EngineError(
+                        f"the draft model cannot serve this model: its vocabulary differs ({why})",
+                        status=400,
+                    )
 
         def close_opened() -> None:
             for projector in projectors:
                 projector.close()
-            for model, context in opened:
+            for model, context in reversed(opened):
                 context.close()
                 model.close()
 
@@ -139,9 +161,15 @@ class LoadedModel:
             close_opened()
             raise
         model, context = opened[0]
+        drafter = Drafter(*opened[1]) if len(opened) > 1 else None
         try:
             loaded = cls(
-                spec, model, context, run_sync=run_sync, projector=(projectors or [None])[0]
+                spec,
+                model,
+                context,
+                run_sync=run_sync,
+                projector=(projectors or [None])[0],
+                drafter=drafter,
             )
         except BaseException:
             close_opened()
@@ -173,6 +201,9 @@ class LoadedModel:
         (nothing may be decoding). Idempotent."""
         if self.projector is not None:
             self.projector.close()
+        if self.drafter is not None:
+            self.drafter.close()
+            self.drafter = None
         self.context.close()
         self.model.close()
 
@@ -396,9 +427,12 @@ async def load(
     kv_cache_type: str = "f16",
     backend: Backend | None = None,
     projector: str | Path | None = None,
+    draft: str | Path | None = None,
+    speculative: bool = True,
 ) -> AsyncIterator[LoadedModel]:
-    """Load a GGUF file (and a vision projector GGUF beside it, if given) and run its step loop
-    for the duration of the `async with` block.
+    """Load a GGUF file (and a vision projector GGUF beside it, and a draft model for
+    speculative decoding, if given) and run its step loop for the duration of the `async with`
+    block. `speculative=False` turns speculative decoding off.
 
     Raises OptionError for a load option out of range (see `power.engine.loadspec` for the
     values that are adjusted instead)."""
@@ -409,6 +443,9 @@ async def load(
         num_parallel=num_parallel,
         kv_cache_type=kv_cache_type,
         projector_path=projector,
+    )
+    spec = attrs.evolve(
+        spec, draft_path=None if draft is None else str(draft), speculative=speculative
     )
     loaded = await LoadedModel.open(spec, backend=backend)
     try:

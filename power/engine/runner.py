@@ -40,6 +40,7 @@ from typing import Any
 import trio
 
 from power.engine.backend import BatchEntry, Context, Projector, Vocabulary, WorkerRunner
+from power.engine.drafter import Drafter, DraftRequest
 from power.engine.generation import Collector, Generation, GenerationState
 from power.engine.multimodal import check_prompt, fit_prompt, text_tokens
 from power.engine.sampling import SequenceSampler, VocabInfo
@@ -84,12 +85,14 @@ class Runner:
         projector: Projector | None = None,
         speculative: bool = True,
         draft_cost: float = 0.2,
+        drafter: Drafter | None = None,
     ) -> None:
-        """`speculative`: draftless speculative decoding (prompt lookup, see
-        `power.engine.speculative`) for requests whose `draft_num_predict` is above 0;
-        `draft_cost`: what one draft token costs relative to a plain step, for the adaptive
-        draft length."""
+        """`speculative`: speculative decoding (see `power.engine.speculative`) for requests
+        whose `draft_num_predict` is above 0, with drafts from `drafter` (a DRAFT model) when
+        given, else from prompt lookup; `draft_cost`: what one draft token costs relative to a
+        plain step, for the adaptive draft length."""
         self.model = model
+        self.drafter = drafter
         self.speculative = speculative
         self.draft_cost = draft_cost
         #: draft tokens verified and accepted, over the runner's life (for metrics and benches)
@@ -196,7 +199,7 @@ class Runner:
                 image = self.scheduler.plan_image()
                 if image is not None:  # evaluated alone, before the text step
                     await self._step(image, self._execute_image)
-                plan = self.scheduler.plan(self._drafts())
+                plan = self.scheduler.plan(await self._drafts())
                 if not plan.entries:
                     if image is None:
                         await self._wait_for_work()  # nothing decodable until something changes
@@ -310,9 +313,11 @@ class Runner:
         for slot in full:
             self._finish(slot, DoneReason.LENGTH)
 
-    def _drafts(self) -> dict[int, list[int]]:
-        """Draft tokens for each generating sequence that speculates (cheap: a dict lookup)."""
+    async def _drafts(self) -> dict[int, list[int]]:
+        """Draft tokens for each generating sequence that speculates: a dict lookup each, or
+        one call of the draft model in the worker thread for all of them."""
         drafts: dict[int, list[int]] = {}
+        requests: list[DraftRequest] = []
         for slot in self.scheduler.slots:
             gen: Generation | None = slot.request
             if (
@@ -327,10 +332,22 @@ class Runner:
             limit = self.n_ctx_seq - slot.n_past - 1
             if num_predict >= 0:  # drafts past num_predict would be dropped anyway
                 limit = min(limit, num_predict - len(gen.generated) - 1)
+            if self.drafter is not None:
+                k = min(gen.speculation.policy.next_k(), limit)
+                if k > 0 and not gen.params.images:
+                    requests.append(DraftRequest(slot.seq_id, [*slot.cached, slot.next_token], k))
+                continue
             prompt = text_tokens(gen.prompt) if gen.params.images else gen.prompt
             draft = gen.speculation.propose(prompt, gen.generated, limit)
             if draft:
                 drafts[slot.seq_id] = draft
+        if requests and self.drafter is not None:
+            try:
+                proposed = await self.run_sync(self.drafter.propose, requests, limiter=self.limiter)
+            except Exception as exc:  # noqa: BLE001 - the draft model failed: no drafts
+                log.warning("draft model failed (%s); this step goes on without drafts", exc)
+                return {}
+            drafts.update({seq: draft for seq, draft in proposed.items() if draft})
         return drafts
 
     # ------------------------------------------------------------------ the worker thread
