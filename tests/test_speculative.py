@@ -280,3 +280,12 @@ def test_commit_keeps_the_accepted_drafts_and_reports_the_rejected_cells():
     assert scheduler.slots[1].cached == [0, 1, 2, 3, 7]
     assert [(slot.seq_id, position) for slot, position in rejected] == [(1, 5)]
     assert scheduler.slots[0].next_token == 11 and scheduler.slots[1].next_token == 30
+
+
+def test_a_draft_token_costs_more_among_many_sequences():
+    from power.engine.speculative import step_draft_cost
+
+    alone, among_8 = step_draft_cost(1, 0.5), step_draft_cost(8, 0.5)
+    assert math.isclose(alone, 1 / 3) and math.isclose(among_8, 0.8)
+    assert best_draft_length(0.98, 8, alone) == 8 and best_draft_length(0.98, 8, among_8) == 4
+    assert best_draft_length(0.6, 8, among_8) == 0

@@ -19,6 +19,9 @@ from power.options import Options
 from tests.fake_backend import BOS, EOG, N_VOCAB, FakeBackend, Worker, counting
 
 PERIOD = 6
+#: A fake decode costs nothing: a draft token's cost is what the test says (among 8 sequences,
+#: llama.cpp's measured 0.5 would make drafting pay only when nearly always right)
+TOKEN_COST = 0.05
 
 
 def copy_with_edits(history: list[int]) -> np.ndarray:
@@ -78,6 +81,7 @@ async def fake_model(script, *, speculative=True, n_slots=8, num_ctx=256, num_ba
     )
     loaded = await LoadedModel.open(spec, backend=backend, run_sync=Worker())
     loaded.fake = backend.opened[-1][2]
+    loaded.runner.token_cost = TOKEN_COST
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(loaded.run)
@@ -203,6 +207,7 @@ async def test_drafts_that_always_fail_are_soon_stopped_and_output_is_unchanged(
     async with fake_model(contrary, speculative=False) as model:
         plain = await read_all(submit(model, *request, None))
     async with fake_model(contrary, num_ctx=512) as model:
+        model.runner.token_cost = 0.5  # the default: a draft costs a third of a solo step
         sizes = []
         model.fake.on_decode = lambda entries: sizes.extend(len(e.tokens) for e in entries)
         fast = await read_all(submit(model, *request, None))
@@ -257,6 +262,7 @@ async def drafted_model(script, draft_path="fake", **extra):
     spec = LoadSpec(model_path="fake", num_ctx=256, num_parallel=8, draft_path=draft_path, **extra)
     loaded = await LoadedModel.open(spec, backend=backend, run_sync=Worker())
     loaded.fake = backend.opened[0][2]
+    loaded.runner.token_cost = TOKEN_COST
     loaded.draft_fake = backend.opened[1][2]
     try:
         async with trio.open_nursery() as nursery:

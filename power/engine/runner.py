@@ -45,7 +45,13 @@ from power.engine.generation import Collector, Generation, GenerationState
 from power.engine.multimodal import check_prompt, fit_prompt, text_tokens
 from power.engine.sampling import SequenceSampler, VocabInfo
 from power.engine.scheduler import Scheduler, Slot, SlotState, StepPlan
-from power.engine.speculative import DraftPolicy, PromptLookup, matched_prefix, verify
+from power.engine.speculative import (
+    DraftPolicy,
+    PromptLookup,
+    matched_prefix,
+    step_draft_cost,
+    verify,
+)
 from power.engine.types import (
     Chunk,
     ContextLost,
@@ -84,17 +90,18 @@ class Runner:
         clock_ns: Callable[[], int] = time.perf_counter_ns,
         projector: Projector | None = None,
         speculative: bool = True,
-        draft_cost: float = 0.2,
+        token_cost: float = 0.5,
         drafter: Drafter | None = None,
     ) -> None:
         """`speculative`: speculative decoding (see `power.engine.speculative`) for requests
         whose `draft_num_predict` is above 0, with drafts from `drafter` (a DRAFT model) when
-        given, else from prompt lookup; `draft_cost`: what one draft token costs relative to a
-        plain step, for the adaptive draft length."""
+        given, else from prompt lookup; `token_cost`: what one more token in a batch costs
+        relative to a step's fixed part (`power.engine.speculative.step_draft_cost`), for the
+        adaptive draft length."""
         self.model = model
         self.drafter = drafter
         self.speculative = speculative
-        self.draft_cost = draft_cost
+        self.token_cost = token_cost
         #: draft tokens verified and accepted, over the runner's life (for metrics and benches)
         self.n_drafted = 0
         self.n_accepted = 0
@@ -163,7 +170,9 @@ class Runner:
         max_draft = params.options.draft_num_predict
         if self.speculative and max_draft > 0:
             generation.speculation = PromptLookup(
-                DraftPolicy(max_draft=max_draft, cost=self.draft_cost)
+                DraftPolicy(
+                    max_draft=max_draft, cost=step_draft_cost(1, token_cost=self.token_cost)
+                )
             )
         # repeat penalties look back into the prompt, as llama.cpp does (text only)
         sampler.observe(text_tokens(prompt) if params.images else prompt)
@@ -318,6 +327,10 @@ class Runner:
         one call of the draft model in the worker thread for all of them."""
         drafts: dict[int, list[int]] = {}
         requests: list[DraftRequest] = []
+        n_generating = sum(
+            1 for s in self.scheduler.slots if s.state is SlotState.GENERATING and s.next_token
+        )
+        cost = step_draft_cost(n_generating, self.token_cost)
         for slot in self.scheduler.slots:
             gen: Generation | None = slot.request
             if (
@@ -333,12 +346,12 @@ class Runner:
             if num_predict >= 0:  # drafts past num_predict would be dropped anyway
                 limit = min(limit, num_predict - len(gen.generated) - 1)
             if self.drafter is not None:
-                k = min(gen.speculation.policy.next_k(), limit)
+                k = min(gen.speculation.policy.next_k(cost), limit)
                 if k > 0 and not gen.params.images:
                     requests.append(DraftRequest(slot.seq_id, [*slot.cached, slot.next_token], k))
                 continue
             prompt = text_tokens(gen.prompt) if gen.params.images else gen.prompt
-            draft = gen.speculation.propose(prompt, gen.generated, limit)
+            draft = gen.speculation.propose(prompt, gen.generated, limit, cost)
             if draft:
                 drafts[slot.seq_id] = draft
         if requests and self.drafter is not None:

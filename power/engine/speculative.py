@@ -36,7 +36,8 @@ Adaptive draft length (`DraftPolicy`): each sequence keeps an estimate of the pr
 draft token is accepted given the previous one was (a moving average over the draft tokens it
 has verified: the accepted ones and the first rejected one of each step), and drafts the k that
 maximises expected tokens per unit of step cost, `(1 - a^(k+1)) / (1 - a) / (1 + c k)`, where c
-is what one draft token costs relative to a plain step. When the estimate falls so low that
+is what one draft token costs relative to a plain step (`step_draft_cost`). When the estimate
+falls so low that
 k = 0, the sequence stops drafting and probes again with one draft token every
 `retry_after` steps. No trio, no numpy beyond what sampling uses, no ctypes: tested with
 hand-made logits.
@@ -165,13 +166,16 @@ class DraftPolicy:
         if self.acceptance is None:
             self.acceptance = self.prior
 
-    def best_k(self) -> int:
-        """The draft length that maximises expected tokens per cost at the current estimate."""
-        return best_draft_length(self.acceptance, self.max_draft, self.cost)
+    def best_k(self, cost: float | None = None) -> int:
+        """The draft length that maximises expected tokens per cost at the current estimate
+        (`cost`: this step's cost of a draft token; None: `self.cost`)."""
+        return best_draft_length(
+            self.acceptance, self.max_draft, self.cost if cost is None else cost
+        )
 
-    def next_k(self) -> int:
+    def next_k(self, cost: float | None = None) -> int:
         """The draft length for this step (a probe of 1 after `retry_after` idle steps)."""
-        k = self.best_k()
+        k = self.best_k(cost)
         if k > 0 or self.max_draft <= 0:
             return k
         self._idle_steps += 1
@@ -192,6 +196,19 @@ class DraftPolicy:
         if n_accepted < n_drafted:  # the first rejection; later drafts say nothing
             a -= w * a
         self.acceptance = a
+
+
+def step_draft_cost(n_generating: int, token_cost: float) -> float:
+    """What one draft token costs relative to one sequence's share of a plain step.
+
+    A plain step of N generating sequences costs about `t0 + N t` (t0: reading the weights once,
+    t: one more token, its logits row included); `token_cost` is t / t0. A draft token adds t,
+    and the sequence it serves gets a share `(t0 + N t) / N` of the step, so the relative cost is
+    `N r / (1 + N r)` with r = `token_cost`: on gemma-3-270m on two cores (t0 ~ 8.5 ms,
+    t ~ 4 ms, NOTES.md's 79 tok/s solo and 192 tok/s at 8), about 0.33 alone and 0.8 among
+    eight: drafting pays off alone, and among many sequences only when nearly always right."""
+    n_r = max(n_generating, 1) * token_cost
+    return n_r / (1.0 + n_r)
 
 
 def best_draft_length(acceptance: float, max_draft: int, cost: float) -> int:
@@ -218,9 +235,16 @@ class PromptLookup:
         self.index: NgramIndex | None = None
         self._n_indexed = 0  # generated tokens already in the index
 
-    def propose(self, prompt: Sequence[int], generated: Sequence[int], limit: int) -> list[int]:
-        """Draft tokens for the step after `generated` (at most `limit`); [] for none."""
-        k = min(self.policy.next_k(), limit)
+    def propose(
+        self,
+        prompt: Sequence[int],
+        generated: Sequence[int],
+        limit: int,
+        cost: float | None = None,
+    ) -> list[int]:
+        """Draft tokens for the step after `generated` (at most `limit`; `cost` of a draft
+        token this step, see `DraftPolicy.next_k`); [] for none."""
+        k = min(self.policy.next_k(cost), limit)
         if k <= 0:
             return []
         if self.index is None:
