@@ -10,6 +10,12 @@ so the loop runs on the CPU with a fake backend in tests.
 
 The loop never awaits a consumer. A `Collector` merges what arrives while its reader is slow.
 
+Speculative decoding (`power.engine.speculative`): before planning, each generating sequence
+that speculates gets draft tokens (prompt lookup, or the `Drafter` of a DRAFT model in one worker
+call); the plan appends them to its next token in the room the batch has left, the worker
+thread verifies them row by row with the sequence's sampler, and the commit emits every
+accepted token and removes the cells of the rejected ones.
+
 Images (`power.engine.multimodal`): when a prompting sequence reaches an image, the loop runs an
 image step before the text step: one worker call encodes that image with the model's
 `Projector` and evaluates its embeddings alone in the sequence's cells (sampling at once if the
@@ -328,7 +334,9 @@ class Runner:
         drafts: dict[int, list[int]] = {}
         requests: list[DraftRequest] = []
         n_generating = sum(
-            1 for s in self.scheduler.slots if s.state is SlotState.GENERATING and s.next_token
+            1
+            for s in self.scheduler.slots
+            if s.state is SlotState.GENERATING and s.next_token is not None
         )
         cost = step_draft_cost(n_generating, self.token_cost)
         for slot in self.scheduler.slots:
