@@ -289,3 +289,22 @@ def test_a_draft_token_costs_more_among_many_sequences():
     assert math.isclose(alone, 1 / 3) and math.isclose(among_8, 0.8)
     assert best_draft_length(0.98, 8, alone) == 8 and best_draft_length(0.98, 8, among_8) == 4
     assert best_draft_length(0.6, 8, among_8) == 0
+
+
+def test_step_costs_fit_the_cost_of_a_token_and_fall_back_to_the_prior():
+    from power.engine.speculative import StepCosts
+
+    costs = StepCosts(prior=0.5)
+    for _ in range(3):
+        for n in range(1, 10):
+            costs.observe(n, 0.010 + 0.004 * n)
+    assert math.isclose(costs.ratio(), 0.4, rel_tol=1e-6)
+    flat = StepCosts(prior=0.5)
+    for _ in range(20):
+        flat.observe(8, 0.04)  # no drafts: n never varies, the slope is unknown
+    assert flat.ratio() == 0.5
+    noisy = StepCosts(prior=0.5)
+    for n in range(1, 20):
+        noisy.observe(n, 0.05 - 0.001 * n)  # more tokens, less time: implausible
+    assert noisy.ratio() == 0.5
+    assert StepCosts(prior=0.7).ratio() == 0.7

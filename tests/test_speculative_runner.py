@@ -207,7 +207,7 @@ async def test_drafts_that_always_fail_are_soon_stopped_and_output_is_unchanged(
     async with fake_model(contrary, speculative=False) as model:
         plain = await read_all(submit(model, *request, None))
     async with fake_model(contrary, num_ctx=512) as model:
-        model.runner.token_cost = 0.5  # the default: a draft costs a third of a solo step
+        model.runner.token_cost = 0.5  # the prior: a draft costs a third of a solo step
         sizes = []
         model.fake.on_decode = lambda entries: sizes.extend(len(e.tokens) for e in entries)
         fast = await read_all(submit(model, *request, None))

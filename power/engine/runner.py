@@ -54,6 +54,7 @@ from power.engine.scheduler import Scheduler, Slot, SlotState, StepPlan
 from power.engine.speculative import (
     DraftPolicy,
     PromptLookup,
+    StepCosts,
     matched_prefix,
     step_draft_cost,
     verify,
@@ -96,18 +97,19 @@ class Runner:
         clock_ns: Callable[[], int] = time.perf_counter_ns,
         projector: Projector | None = None,
         speculative: bool = True,
-        token_cost: float = 0.5,
+        token_cost: float | None = None,
         drafter: Drafter | None = None,
     ) -> None:
         """`speculative`: speculative decoding (see `power.engine.speculative`) for requests
         whose `draft_num_predict` is above 0, with drafts from `drafter` (a DRAFT model) when
         given, else from prompt lookup; `token_cost`: what one more token in a batch costs
         relative to a step's fixed part (`power.engine.speculative.step_draft_cost`), for the
-        adaptive draft length."""
+        adaptive draft length; None: measured on the generation steps (`StepCosts`)."""
         self.model = model
         self.drafter = drafter
         self.speculative = speculative
         self.token_cost = token_cost
+        self.step_costs = StepCosts()
         #: draft tokens verified and accepted, over the runner's life (for metrics and benches)
         self.n_drafted = 0
         self.n_accepted = 0
@@ -176,9 +178,7 @@ class Runner:
         max_draft = params.options.draft_num_predict
         if self.speculative and max_draft > 0:
             generation.speculation = PromptLookup(
-                DraftPolicy(
-                    max_draft=max_draft, cost=step_draft_cost(1, token_cost=self.token_cost)
-                )
+                DraftPolicy(max_draft=max_draft, cost=step_draft_cost(1, self._token_cost()))
             )
         # repeat penalties look back into the prompt, as llama.cpp does (text only)
         sampler.observe(text_tokens(prompt) if params.images else prompt)
@@ -338,7 +338,7 @@ class Runner:
             for s in self.scheduler.slots
             if s.state is SlotState.GENERATING and s.next_token is not None
         )
-        cost = step_draft_cost(n_generating, self.token_cost)
+        cost = step_draft_cost(n_generating, self._token_cost())
         for slot in self.scheduler.slots:
             gen: Generation | None = slot.request
             if (
@@ -371,6 +371,9 @@ class Runner:
             drafts.update({seq: draft for seq, draft in proposed.items() if draft})
         return drafts
 
+    def _token_cost(self) -> float:
+        return self.step_costs.ratio() if self.token_cost is None else self.token_cost
+
     # ------------------------------------------------------------------ the worker thread
     def _execute(self, plan: StepPlan) -> tuple[Sampled, Rows]:
         """Worker thread: decode the plan and sample, right here, every slot whose logits came
@@ -395,12 +398,16 @@ class Runner:
             if entry.wants_logits:
                 draft = entry.tokens[len(entry.tokens) - entry.n_draft :] if entry.n_draft else []
                 rows.append((entry.slot, n_tokens - 1 - entry.n_draft, draft))
+        t0 = time.perf_counter()
         try:
             self.context.decode_batch(entries)
         except (DecodeError, ContextLost):
             raise  # ContextLost: the context is gone, the loop stops (see `run`)
         except Exception as exc:  # noqa: BLE001 - the batch failed, not the context
             raise DecodeError(f"decode failed: {type(exc).__name__}: {exc}") from exc
+        if all(e.wants_logits and len(e.tokens) == 1 + e.n_draft for e in plan.entries):
+            # a generation step (no prompt chunk): what a token costs on this machine
+            self.step_costs.observe(n_tokens, time.perf_counter() - t0)
         sampled: Sampled = {}
         costly: Rows = []
         for slot, row, draft in rows:

@@ -266,3 +266,43 @@ def matched_prefix(emitted: Sequence[int], draft: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+@attrs.define
+class StepCosts:
+    """What one more token costs relative to a step's fixed part (`token_cost` of
+    `step_draft_cost`), measured on this machine: a least-squares fit of `seconds = t0 + t n`
+    over recent generation steps of n tokens (each sequence's next token and its drafts), with
+    exponential forgetting. Until the steps seen vary enough in n (drafts make them vary), or
+    when the fit is implausible, the answer is `prior`. Clamped to [`low`, `high`]."""
+
+    prior: float = 0.5
+    decay: float = 0.98
+    low: float = 0.05
+    high: float = 4.0
+    _w: float = 0.0
+    _n: float = 0.0
+    _t: float = 0.0
+    _nn: float = 0.0
+    _nt: float = 0.0
+
+    def observe(self, n_tokens: int, seconds: float) -> None:
+        d = self.decay
+        self._w = self._w * d + 1.0
+        self._n = self._n * d + n_tokens
+        self._t = self._t * d + seconds
+        self._nn = self._nn * d + n_tokens * n_tokens
+        self._nt = self._nt * d + n_tokens * seconds
+
+    def ratio(self) -> float:
+        if self._w < 8.0:
+            return self.prior
+        mean_n, mean_t = self._n / self._w, self._t / self._w
+        variance = self._nn / self._w - mean_n * mean_n
+        if variance < 0.25:
+            return self.prior
+        slope = (self._nt / self._w - mean_n * mean_t) / variance
+        intercept = mean_t - slope * mean_n
+        if slope <= 0.0 or intercept <= 0.0:
+            return self.prior
+        return min(max(slope / intercept, self.low), self.high)
