@@ -8,7 +8,8 @@ bits from those of the same token decoded alone, so where two tokens are nearly 
 So: exact identity is tested where the model is confident; on a prompt with near ties, the
 strongest invariant that holds is tested: every token speculation emitted is the model's
 argmax, up to that noise, when the whole output is scored again in one batch (teacher
-forcing), and the speculative output is reproducible.
+forcing). (Even reproducibility needs the same batches: a second run of the same prompt reuses
+its KV cells from the prompt cache, evaluates only its last token, and may diverge too.)
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def greedy(model, prompt: str, n: int, **extra) -> GenerationParams:
 
 
 async def generate(model, params: GenerationParams) -> tuple[int, ...]:
+    # these tests are about correctness: a fixed draft cost, not the one measured on a machine
+    # that other work may slow down
+    model.runner.token_cost = 0.5
     ids: list[int] = []
     async with contextlib.aclosing(model.generate(params)) as stream:
         async for chunk in stream:
@@ -74,8 +78,6 @@ async def test_greedy_output_is_unchanged_by_prompt_lookup_where_the_model_is_su
 async def test_every_token_speculation_emits_is_the_argmax_up_to_batch_noise(gemma_gguf):
     async with load(gemma_gguf, Options(num_ctx=512, num_thread=2), num_parallel=1) as model:
         first = await generate(model, greedy(model, CODE, 60))
-        again = await generate(model, greedy(model, CODE, 60))
-        assert first == again  # solo, speculation is reproducible
         assert model.runner.n_accepted > 20
         prompt = model.tokenize(CODE)
 
