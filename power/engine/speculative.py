@@ -36,8 +36,8 @@ Adaptive draft length (`DraftPolicy`): each sequence keeps an estimate of the pr
 draft token is accepted given the previous one was (a moving average over the draft tokens it
 has verified: the accepted ones and the first rejected one of each step), and drafts the k that
 maximises expected tokens per unit of step cost, `(1 - a^(k+1)) / (1 - a) / (1 + c k)`, where c
-is what one draft token costs relative to a plain step (`step_draft_cost`). When the estimate
-falls so low that
+is what one draft token costs relative to a plain step (`step_draft_cost`, from the cost of a
+token that `StepCosts` measures on the runner's own steps). When the estimate falls so low that
 k = 0, the sequence stops drafting and probes again with one draft token every
 `retry_after` steps. No trio, no numpy beyond what sampling uses, no ctypes: tested with
 hand-made logits.
