@@ -308,3 +308,17 @@ def test_step_costs_fit_the_cost_of_a_token_and_fall_back_to_the_prior():
         noisy.observe(n, 0.05 - 0.001 * n)  # more tokens, less time: implausible
     assert noisy.ratio() == 0.5
     assert StepCosts(prior=0.7).ratio() == 0.7
+
+
+def test_the_option_and_the_setting(monkeypatch):
+    from power.config import Settings
+    from power.options import OptionError
+
+    assert Options().draft_num_predict == 8
+    assert Options().updated({"draft_num_predict": "4"}).draft_num_predict == 4
+    with pytest.raises(OptionError, match="draft_num_predict"):
+        Options().updated({"draft_num_predict": 65})
+    monkeypatch.delenv("POWER_SPECULATIVE", raising=False)
+    assert Settings.from_env().speculative
+    monkeypatch.setenv("POWER_SPECULATIVE", "0")
+    assert not Settings.from_env().speculative
