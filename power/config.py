@@ -33,6 +33,8 @@
 | REQUEST_LOG (POWER_ only)| 1                  | one log line per request; `0` turns it off     |
 | NO_CLOUD                 | unset              | only reported by /api/status (power has no     |
 |                          |                    | cloud: cloud is always disabled)               |
+| SPECULATIVE (POWER_ only)| 1                  | 0 turns speculative decoding off (prompt       |
+|                          |                    | lookup and DRAFT models), for every request    |
 
 Durations are Go durations (`10s`, `2m`) or bare seconds; `0` or a negative one means "no limit".
 """
@@ -196,6 +198,7 @@ class Settings:
     prompt_cache_min_tokens: int = 256
     request_log: bool = True
     no_cloud_env: bool = False
+    speculative: bool = True
 
     @property
     def prompt_cache_path(self) -> Path:
@@ -240,6 +243,7 @@ class Settings:
             ),
             request_log=_flag_default_on("POWER_REQUEST_LOG"),
             no_cloud_env=env_flag("NO_CLOUD"),
+            speculative=_flag_default_on("POWER_SPECULATIVE"),
         )
 
 

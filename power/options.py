@@ -1,4 +1,4 @@
-"""The 28 generation and load options Ollama accepts, typed, range-checked, with power's defaults.
+"""The generation and load options Ollama accepts (and power's `draft_num_predict`), typed, range-checked, with power's defaults.
 
 One place defines them; the Modelfile parser (`PARAMETER`), the HTTP edge (`options` in a
 request), the CLI and the engine all use this module. Values arrive as JSON (numbers, bools,
@@ -92,6 +92,9 @@ class Options:
     num_predict: int = -1
     num_keep: int = 4
     stop: list[str] = attrs.field(factory=list)
+    #: speculative decoding: the most draft tokens verified per step (prompt lookup, or the
+    #: model's DRAFT model); 0 turns speculation off for the request
+    draft_num_predict: int = 8
     # load-time
     num_ctx: int = 4096
     num_batch: int = 512
@@ -193,6 +196,7 @@ RULES: dict[str, Rule] = {
     "seed": Rule(meaning="a negative seed is random"),
     "num_predict": Rule(-2, None, meaning="-1 is unbounded, -2 fills the context"),
     "num_keep": Rule(-1, None, meaning="-1 keeps as much as possible"),
+    "draft_num_predict": Rule(0, 64, meaning="0 turns speculative decoding off"),
     "num_ctx": Rule(0, None),
     "num_batch": Rule(1, None),
     "num_gpu": Rule(-1, None, meaning="-1 offloads every layer"),

@@ -4,8 +4,10 @@
   token 0 ends a generation, 1 is BOS. `tokenize("5 6 7")` is [5, 6, 7].
 - `FakeContext`: keeps the KV cells of every sequence ({position: token}) and checks that every
   decode appends at the next free position of its sequence (the scheduler's view and the cache's
-  must agree), that a batch fits `n_batch`, and that sequence ids are in range. Its logits come
-  from a script: a function of the tokens of the row's sequence up to that row. It can be told to
+  must agree), that a batch fits `n_batch`, that sequence ids are in range, and that a logits
+  row read was asked for (`n_logits` rows per entry: a speculative step's drafts). Its logits
+  come from a script: a function of the tokens of the row's sequence up to that row;
+  `on_decode` sees every batch before it is decoded. It can be told to
   fail a given decode (`fail_decodes`), to lose itself at a given decode (`lose_decodes`:
   `ContextLost`, as a split model whose worker died, and `broken` from then on) or to raise in
   KV-cache operations (`broken`). Its embeddings are all ones. Its sequence state
@@ -126,6 +128,11 @@ class FakeContext:
         self.closed = False
         self.closed_in_thread: int | None = None
         self._rows: list[tuple[int, int]] = []
+        self._wanted: set[int] = set()
+        self.n_tokens_decoded = 0
+        self.n_rows_wanted = 0
+        #: called with each batch's entries before it is decoded (cells as they were before)
+        self.on_decode: Callable[[Sequence[BatchEntry]], None] | None = None
         self.image_decodes: list[tuple[int, int, int]] = []  # (seq, start position, n_tokens)
         self.state_pad = 16  # bytes per cell in a state, beside its position and token
         self.refuse_states = False
@@ -144,16 +151,26 @@ class FakeContext:
             self.broken = True
             raise ContextLost(f"scripted loss of the context at decode {self.n_decodes}")
         assert sum(len(e.tokens) for e in entries) <= self.n_batch, "batch overflow"
+        if self.on_decode is not None:
+            self.on_decode(entries)
         rows: list[tuple[int, int]] = []
+        wanted: set[int] = set()
         for entry in entries:
             cells = self.cells[entry.seq_id]
             expected = max(cells) + 1 if cells else 0
             assert entry.start_pos == expected, (entry, expected)
+            n = len(entry.tokens)
+            if entry.wants_logits:
+                assert 1 <= entry.n_logits <= n, entry
+                wanted.update(range(len(rows) + n - entry.n_logits, len(rows) + n))
             for i, token in enumerate(entry.tokens):
                 assert 0 <= token < N_VOCAB
                 cells[entry.start_pos + i] = token
                 rows.append((entry.seq_id, entry.start_pos + i))
         self._rows = rows
+        self._wanted = wanted
+        self.n_tokens_decoded += len(rows)
+        self.n_rows_wanted += len(wanted)
 
     def decode_embeddings(self, batch: EmbeddingBatch, wants_logits: bool) -> None:
         assert not self.closed, "decode on a closed context"
@@ -168,8 +185,12 @@ class FakeContext:
             cells[expected + i] = int(row[0])
         self.image_decodes.append((batch.seq_id, batch.start_pos, batch.n_tokens))
         self._rows = [(batch.seq_id, expected + batch.n_tokens - 1)]
+        self._wanted = {0}
 
     def logits_row(self, row: int) -> np.ndarray:
+        if row < 0:
+            row += len(self._rows)
+        assert row in self._wanted, f"the logits of row {row} were not asked for"
         seq, pos = self._rows[row]
         cells = self.cells[seq]
         return self.script([cells[p] for p in sorted(cells) if p <= pos])

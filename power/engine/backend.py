@@ -47,13 +47,15 @@ if TYPE_CHECKING:
 @attrs.frozen
 class BatchEntry:
     """Tokens of one sequence at consecutive positions from `start_pos`. When `wants_logits`,
-    the logits of the entry's last token are kept: its row is the number of tokens before it
-    in the batch (rows count every token of every entry, in order)."""
+    the logits of the entry's last `n_logits` tokens are kept (more than one: a speculative
+    step's draft tokens); a token's row is the number of tokens before it in the batch (rows
+    count every token of every entry, in order)."""
 
     seq_id: int
     tokens: Sequence[int]
     start_pos: int
     wants_logits: bool
+    n_logits: int = 1
 
 
 @attrs.frozen(eq=False)

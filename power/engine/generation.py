@@ -159,6 +159,9 @@ class Generation:
             options.temperature > 0
             and (options.mirostat in (1, 2) or options.tfs_z < 1.0 or options.typical_p < 1.0)
         ) or params.grammar is not None
+        #: the sequence's draftless speculation (`power.engine.speculative.PromptLookup`), set by
+        #: the runner when it speculates for this request; None: one token per step
+        self.speculation: Any = None
         self.n_prompt_evaluated = 0
         self.t_prompt_start = 0
         self.t_prompt_end = 0

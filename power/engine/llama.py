@@ -365,7 +365,13 @@ class LlamaContext:
         batch = self._batch
         batch.clear()
         for entry in entries:
-            batch.add(entry.seq_id, entry.tokens, entry.start_pos, entry.wants_logits)
+            batch.add(
+                entry.seq_id,
+                entry.tokens,
+                entry.start_pos,
+                entry.wants_logits,
+                n_logits=entry.n_logits,
+            )
         status = self.decode(batch)
         if status != 0:
             raise DecodeError(f"llama_decode failed with status {status}")
@@ -501,9 +507,17 @@ class Batch:
         self.n_tokens = 0
         self.raw.n_tokens = 0
 
-    def add(self, seq: int, tokens: list[int], start_pos: int, want_last_logits: bool) -> int:
+    def add(
+        self,
+        seq: int,
+        tokens: list[int],
+        start_pos: int,
+        want_last_logits: bool,
+        *,
+        n_logits: int = 1,
+    ) -> int:
         """Append `tokens` of sequence `seq` at positions from `start_pos`; return the row of the
-        last token (the one whose logits are wanted when `want_last_logits`)."""
+        last token. When `want_last_logits`, the logits of the last `n_logits` tokens are kept."""
         n = len(tokens)
         i0 = self.n_tokens
         i1 = i0 + n
@@ -517,7 +531,7 @@ class Batch:
         for i in range(i0, i1):
             rows[i][0] = seq
         if want_last_logits:
-            self.logits[i1 - 1] = 1
+            self.logits[max(i0, i1 - max(1, n_logits)) : i1] = 1
         self.n_tokens = i1
         self.raw.n_tokens = i1
         return i1 - 1

@@ -61,6 +61,8 @@ class LoadSpec:
     model_path: str
     adapters: tuple[str, ...] = ()
     projector_path: str | None = None  # a vision projector (mmproj GGUF) loaded beside the model
+    #: a draft model (Modelfile DRAFT) loaded beside the model for speculative decoding
+    draft_path: str | None = None
     num_ctx: int = 4096
     num_batch: int = 512
     num_gpu: int = -1
@@ -77,6 +79,8 @@ class LoadSpec:
     #: of them (power.engine.split); not options: server settings
     rpc_servers: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
+    #: speculative decoding for requests that allow it (POWER_SPECULATIVE; a server setting)
+    speculative: bool = True
 
     @classmethod
     def from_options(

@@ -143,11 +143,22 @@ def estimate_bytes(spec: LoadSpec) -> int:
     if spec.projector_path is not None:
         with contextlib.suppress(OSError):
             projector = Path(spec.projector_path).stat().st_size
+    draft = 0  # a DRAFT model: its weights, and a KV cache like the model's (counted below)
+    if spec.draft_path is not None:
+        with contextlib.suppress(OSError):
+            draft = Path(spec.draft_path).stat().st_size
     num_ctx = clamp_num_ctx(max(spec.num_ctx, 0), gguf_context_length(spec.model_path), quiet=True)
     # KV cache: without reading the file, assume ~ (weights / 1000) bytes per cell, bounded.
     per_cell = max(16 * 1024, min(weights // 2000, 512 * 1024))
     kv = per_cell * num_ctx * max(1, spec.num_parallel) // 8
-    return weights + projector + kv + 64 * 1024 * 1024
+    if draft:
+        kv += (
+            max(16 * 1024, min(draft // 2000, 512 * 1024))
+            * num_ctx
+            * max(1, spec.num_parallel)
+            // 8
+        )
+    return weights + projector + draft + kv + 64 * 1024 * 1024
 
 
 class ModelManager:
@@ -279,7 +290,9 @@ class ModelManager:
                         ready, held = held, None
                         return ready
                     if held.state is InstanceState.FAILED:
-                        raise EngineError(f"failed to load model {name!r}: {held.load_error}")
+                        error = held.load_error
+                        status = error.status if isinstance(error, EngineError) else 500
+                        raise EngineError(f"failed to load model {name!r}: {error}", status=status)
                     if held.state is not InstanceState.LOADING or held.unload_requested:
                         raise EngineError(f"model {name!r} was unloaded while loading", status=503)
                     await changed.wait()

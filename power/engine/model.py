@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import trio
 
@@ -36,6 +37,7 @@ from power.engine.backend import (
     Vocabulary,
     WorkerRunner,
 )
+from power.engine.drafter import Drafter, vocabulary_mismatch
 from power.engine.loadspec import LoadSpec, clamp_num_ctx
 from power.engine.multimodal import PromptImage, build_prompt
 from power.engine.promptcache import PromptCache, model_key
@@ -75,8 +77,10 @@ class LoadedModel:
         projector: Projector | None = None,
         prompt_cache: PromptCache | None = None,
         cache_key: str | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         self.spec = spec
+        self.drafter = drafter
         self.model = model
         self.context = context
         self.projector = projector
@@ -101,6 +105,8 @@ class LoadedModel:
                 projector=projector,
                 prompt_cache=prompt_cache,
                 cache_key=cache_key,
+                speculative=spec.speculative,
+                drafter=drafter,
             )
         self.load_duration_ns = 0
         self.loaded_at_ns = 0
@@ -139,11 +145,28 @@ class LoadedModel:
             state_format = getattr(opened[0][1], "seq_state_format", None)
             if prompt_cache is not None and prompt_cache.enabled and state_format:
                 keys.append(model_key(spec, state_format))  # stats the files
+            if spec.draft_path is not None and not opened[0][1].is_embedding:
+                draft_spec = attrs.evolve(
+                    spec,
+                    model_path=spec.draft_path,
+                    adapters=(),
+                    projector_path=None,
+                    draft_path=None,
+                    rpc_servers=(),
+                    tensor_split=(),
+                )
+                opened.append(backend.open(draft_spec))
+                why = vocabulary_mismatch(opened[0][0], opened[1][0])
+                if why is not None:
+                    raise EngineError(
+                        f"the draft model cannot serve this model: its vocabulary differs ({why})",
+                        status=400,
+                    )
 
         def close_opened() -> None:
             for projector in projectors:
                 projector.close()
-            for model, context in opened:
+            for model, context in reversed(opened):
                 context.close()
                 model.close()
 
@@ -153,6 +176,7 @@ class LoadedModel:
             close_opened()
             raise
         model, context = opened[0]
+        drafter = Drafter(*opened[1]) if len(opened) > 1 else None
         try:
             loaded = cls(
                 spec,
@@ -162,6 +186,7 @@ class LoadedModel:
                 projector=(projectors or [None])[0],
                 prompt_cache=prompt_cache,
                 cache_key=(keys or [None])[0],
+                drafter=drafter,
             )
         except BaseException:
             close_opened()
@@ -216,6 +241,9 @@ class LoadedModel:
         them (118-260 ms measured for gemma-3-270m): from the trio thread, use `aclose`."""
         if self.projector is not None:
             self.projector.close()
+        if self.drafter is not None:
+            self.drafter.close()
+            self.drafter = None
         self.context.close()
         self.model.close()
 
@@ -448,9 +476,12 @@ async def load(
     backend: Backend | None = None,
     projector: str | Path | None = None,
     prompt_cache: PromptCache | None = None,
+    draft: str | Path | None = None,
+    speculative: bool = True,
 ) -> AsyncIterator[LoadedModel]:
-    """Load a GGUF file (and a vision projector GGUF beside it, if given) and run its step loop
-    for the duration of the `async with` block.
+    """Load a GGUF file (and a vision projector GGUF beside it, and a draft model for
+    speculative decoding, if given) and run its step loop for the duration of the `async with`
+    block. `speculative=False` turns speculative decoding off.
 
     Raises OptionError for a load option out of range (see `power.engine.loadspec` for the
     values that are adjusted instead). With a `prompt_cache` (opened: `PromptCache.open`),
@@ -462,6 +493,9 @@ async def load(
         num_parallel=num_parallel,
         kv_cache_type=kv_cache_type,
         projector_path=projector,
+    )
+    spec = attrs.evolve(
+        spec, draft_path=None if draft is None else str(draft), speculative=speculative
     )
     loaded = await LoadedModel.open(spec, backend=backend, prompt_cache=prompt_cache)
     try:

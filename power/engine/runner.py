@@ -10,6 +10,12 @@ so the loop runs on the CPU with a fake backend in tests.
 
 The loop never awaits a consumer. A `Collector` merges what arrives while its reader is slow.
 
+Speculative decoding (`power.engine.speculative`): before planning, each generating sequence
+that speculates gets draft tokens (prompt lookup, or the `Drafter` of a DRAFT model in one worker
+call); the plan appends them to its next token in the room the batch has left, the worker
+thread verifies them row by row with the sequence's sampler, and the commit emits every
+accepted token and removes the cells of the rejected ones.
+
 Images (`power.engine.multimodal`): when a prompting sequence reaches an image, the loop runs an
 image step before the text step: one worker call encodes that image with the model's
 `Projector` and evaluates its embeddings alone in the sequence's cells (sampling at once if the
@@ -45,12 +51,21 @@ from typing import Any
 import trio
 
 from power.engine.backend import BatchEntry, Context, Projector, Vocabulary, WorkerRunner
+from power.engine.drafter import Drafter, DraftRequest
 from power.engine.generation import Collector, Generation, GenerationState
 from power.engine.multimodal import check_prompt, fit_prompt, text_tokens
 from power.engine.promptcache import PromptCache
 from power.engine.sampling import SequenceSampler, VocabInfo
 from power.engine.scheduler import Admission, Scheduler, Slot, SlotState, StepPlan
 from power.engine.slotcache import SlotPersistence, supports_state
+from power.engine.speculative import (
+    DraftPolicy,
+    PromptLookup,
+    StepCosts,
+    matched_prefix,
+    step_draft_cost,
+    verify,
+)
 from power.engine.types import (
     Chunk,
     ContextLost,
@@ -67,8 +82,11 @@ __all__ = ["Collector", "DecodeError", "Generation", "Runner"]
 
 log = logging.getLogger(__name__)
 
-#: What a sequence's sampling produced in a step: (token, logprob), or the error it raised.
-Sampled = dict[int, "tuple[int, TokenLogprob | None] | BaseException"]
+#: What a sequence's sampling produced in a step: its emitted (token, logprob) pairs (one, or
+#: more when draft tokens were accepted), or the error it raised.
+Sampled = dict[int, "list[tuple[int, TokenLogprob | None]] | BaseException"]
+#: A sequence whose logits came out of a decode: (slot, its first row, its draft tokens).
+Rows = list[tuple[Slot, int, list[int]]]
 
 
 class Runner:
@@ -87,8 +105,23 @@ class Runner:
         projector: Projector | None = None,
         prompt_cache: PromptCache | None = None,
         cache_key: str | None = None,
+        speculative: bool = True,
+        token_cost: float | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
+        """`speculative`: speculative decoding (see `power.engine.speculative`) for requests
+        whose `draft_num_predict` is above 0, with drafts from `drafter` (a DRAFT model) when
+        given, else from prompt lookup; `token_cost`: what one more token in a batch costs
+        relative to a step's fixed part (`power.engine.speculative.step_draft_cost`), for the
+        adaptive draft length; None: measured on the generation steps (`StepCosts`)."""
         self.model = model
+        self.drafter = drafter
+        self.speculative = speculative
+        self.token_cost = token_cost
+        self.step_costs = StepCosts()
+        #: draft tokens verified and accepted, over the runner's life (for metrics and benches)
+        self.n_drafted = 0
+        self.n_accepted = 0
         self.context = context
         self.projector = projector
         self.n_ctx_seq = n_ctx_seq
@@ -161,6 +194,11 @@ class Runner:
             truncated = True
             log.warning("prompt truncated to %d tokens (num_ctx %d)", len(prompt), self.n_ctx_seq)
         generation = Generation(params, sampler, truncated, prompt)
+        max_draft = params.options.draft_num_predict
+        if self.speculative and max_draft > 0:
+            generation.speculation = PromptLookup(
+                DraftPolicy(max_draft=max_draft, cost=step_draft_cost(1, self._token_cost()))
+            )
         # repeat penalties look back into the prompt, as llama.cpp does (text only)
         sampler.observe(text_tokens(prompt) if params.images else prompt)
         self.scheduler.submit(generation)
@@ -199,7 +237,7 @@ class Runner:
                 image = self.scheduler.plan_image()
                 if image is not None:  # evaluated alone, before the text step
                     await self._step(image, self._execute_image)
-                plan = self.scheduler.plan()
+                plan = self.scheduler.plan(await self._drafts())
                 if not plan.entries:
                     if image is None:
                         await self._wait_for_work()  # nothing decodable until something changes
@@ -347,42 +385,99 @@ class Runner:
         for slot in full:
             self._finish(slot, DoneReason.LENGTH)
 
+    async def _drafts(self) -> dict[int, list[int]]:
+        """Draft tokens for each generating sequence that speculates: a dict lookup each, or
+        one call of the draft model in the worker thread for all of them."""
+        drafts: dict[int, list[int]] = {}
+        requests: list[DraftRequest] = []
+        n_generating = sum(
+            1
+            for s in self.scheduler.slots
+            if s.state is SlotState.GENERATING and s.next_token is not None
+        )
+        cost = step_draft_cost(n_generating, self._token_cost())
+        for slot in self.scheduler.slots:
+            gen: Generation | None = slot.request
+            if (
+                slot.state is not SlotState.GENERATING
+                or slot.next_token is None
+                or gen is None
+                or gen.speculation is None
+                or gen.cancel_requested
+            ):
+                continue
+            num_predict = gen.params.options.num_predict
+            limit = self.n_ctx_seq - slot.n_past - 1
+            if num_predict >= 0:  # drafts past num_predict would be dropped anyway
+                limit = min(limit, num_predict - len(gen.generated) - 1)
+            if self.drafter is not None:
+                k = min(gen.speculation.policy.next_k(cost), limit)
+                if k > 0 and not gen.params.images:
+                    requests.append(DraftRequest(slot.seq_id, [*slot.cached, slot.next_token], k))
+                continue
+            prompt = text_tokens(gen.prompt) if gen.params.images else gen.prompt
+            draft = gen.speculation.propose(prompt, gen.generated, limit, cost)
+            if draft:
+                drafts[slot.seq_id] = draft
+        if requests and self.drafter is not None:
+            try:
+                proposed = await self.run_sync(self.drafter.propose, requests, limiter=self.limiter)
+            except Exception as exc:  # noqa: BLE001 - the draft model failed: no drafts
+                log.warning("draft model failed (%s); this step goes on without drafts", exc)
+                return {}
+            drafts.update({seq: draft for seq, draft in proposed.items() if draft})
+        return drafts
+
+    def _token_cost(self) -> float:
+        return self.step_costs.ratio() if self.token_cost is None else self.token_cost
+
     # ------------------------------------------------------------------ the worker thread
-    def _execute(self, plan: StepPlan) -> tuple[Sampled, list[tuple[Slot, int]]]:
+    def _execute(self, plan: StepPlan) -> tuple[Sampled, Rows]:
         """Worker thread: decode the plan and sample, right here, every slot whose logits came
         out and whose sampler is cheap. Returns those results (a token or the error its
         sampler raised) and the (slot, row) pairs left for `_sample_costly` (mirostat,
         tail-free, typical, grammar). Raises DecodeError when the batch is refused,
         ContextLost when the context is gone."""
         entries: list[BatchEntry] = []
-        rows: list[tuple[Slot, int]] = []
+        rows: Rows = []
         n_tokens = 0
         for entry in plan.entries:
             entries.append(
-                BatchEntry(entry.slot.seq_id, entry.tokens, entry.start_pos, entry.wants_logits)
+                BatchEntry(
+                    entry.slot.seq_id,
+                    entry.tokens,
+                    entry.start_pos,
+                    entry.wants_logits,
+                    1 + entry.n_draft,
+                )
             )
             n_tokens += len(entry.tokens)
             if entry.wants_logits:
-                rows.append((entry.slot, n_tokens - 1))
+                draft = entry.tokens[len(entry.tokens) - entry.n_draft :] if entry.n_draft else []
+                rows.append((entry.slot, n_tokens - 1 - entry.n_draft, draft))
+        t0 = time.perf_counter()
         try:
             self.context.decode_batch(entries)
         except (DecodeError, ContextLost):
             raise  # ContextLost: the context is gone, the loop stops (see `run`)
         except Exception as exc:  # noqa: BLE001 - the batch failed, not the context
             raise DecodeError(f"decode failed: {type(exc).__name__}: {exc}") from exc
+        if all(e.wants_logits and len(e.tokens) == 1 + e.n_draft for e in plan.entries):
+            # a generation step (no prompt chunk): what a token costs on this machine
+            self.step_costs.observe(n_tokens, time.perf_counter() - t0)
         sampled: Sampled = {}
-        costly: list[tuple[Slot, int]] = []
-        for slot, row in rows:
+        costly: Rows = []
+        for slot, row, draft in rows:
             gen: Generation | None = slot.request
             if gen is None or gen.cancel_requested or gen.done:
                 continue
             if gen.costly:
-                costly.append((slot, row))
+                costly.append((slot, row, draft))
                 continue
-            sampled[slot.seq_id] = self._sample_guarded(gen, row)
+            sampled[slot.seq_id] = self._sample_guarded(gen, row, draft)
         return sampled, costly
 
-    def _execute_image(self, plan: StepPlan) -> tuple[Sampled, list[tuple[Slot, int]]]:
+    def _execute_image(self, plan: StepPlan) -> tuple[Sampled, Rows]:
         """Worker thread: encode the plan's one image and evaluate it in its sequence's cells;
         sample as `_execute` does when the image ends the prompt (its logits are row -1)."""
         (entry,) = plan.entries
@@ -398,19 +493,36 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - this image failed, not the context
             raise DecodeError(f"image evaluation failed: {type(exc).__name__}: {exc}") from exc
         sampled: Sampled = {}
-        costly: list[tuple[Slot, int]] = []
+        costly: Rows = []
         if entry.wants_logits and not (gen.cancel_requested or gen.done):
             if gen.costly:
-                costly.append((slot, -1))
+                costly.append((slot, -1, []))
             else:
-                sampled[slot.seq_id] = self._sample_guarded(gen, -1)
+                sampled[slot.seq_id] = self._sample_guarded(gen, -1, [])
         return sampled, costly
 
-    def _sample_guarded(self, gen: Generation, row: int) -> tuple[int, Any] | BaseException:
+    def _sample_guarded(
+        self, gen: Generation, row: int, draft: list[int]
+    ) -> list[tuple[int, TokenLogprob | None]] | BaseException:
+        """Sample the sequence's row `row`, then (while they match) the rows of its draft
+        tokens (`power.engine.speculative.verify`); every emitted token goes through the
+        sampler exactly as in plain decoding."""
+        emitted: list[tuple[int, TokenLogprob | None]] = []
+        num_predict = gen.params.options.num_predict
+        n_before = len(gen.generated)
+
+        def sample_row(i: int) -> int:
+            emitted.append(self._sample_one(gen, row + i))
+            return emitted[-1][0]
+
+        def is_last(token: int, n_emitted: int) -> bool:
+            return self.model.is_eog(token) or 0 <= num_predict <= n_before + n_emitted
+
         try:
-            return self._sample_one(gen, row)
+            verify(sample_row, draft, is_last)
         except Exception as exc:  # noqa: BLE001 - stays with this sequence (see _fail_one)
             return exc
+        return emitted
 
     def _sample_one(self, gen: Generation, row: int) -> tuple[int, TokenLogprob | None]:
         logits = self.context.logits_row(row)
@@ -421,20 +533,20 @@ class Runner:
         logprob = self._logprob(gen, logits, token) if gen.params.logprobs else None
         return token, logprob
 
-    async def _sample_costly(self, costly: list[tuple[Slot, int]], sampled: Sampled) -> None:
+    async def _sample_costly(self, costly: Rows, sampled: Sampled) -> None:
         """Custom samplers run per sequence in a nursery, each in a worker thread (numpy releases
         the GIL in its heavy loops, so they share the cores). The logits rows stay valid: no
         decode can start before this nursery has finished."""
 
-        async def one(slot: Slot, row: int) -> None:
+        async def one(slot: Slot, row: int, draft: list[int]) -> None:
             gen: Generation = slot.request
             sampled[slot.seq_id] = await self.run_sync(
-                self._sample_guarded, gen, row, limiter=self.sampling_limiter
+                self._sample_guarded, gen, row, draft, limiter=self.sampling_limiter
             )
 
         async with trio.open_nursery() as nursery:
-            for slot, row in costly:
-                nursery.start_soon(one, slot, row)
+            for slot, row, draft in costly:
+                nursery.start_soon(one, slot, row, draft)
 
     def _logprob(self, gen: Generation, logits: Any, token: int) -> TokenLogprob:
         value, top = gen.sampler.logprobs(logits, token, gen.params.top_logprobs)
@@ -458,10 +570,14 @@ class Runner:
     # ------------------------------------------------------------------ committing a step
     def _commit(self, plan: StepPlan, sampled: Sampled) -> None:
         now = self.clock_ns()
-        next_tokens: dict[int, int | None] = {
-            seq: result[0] for seq, result in sampled.items() if isinstance(result, tuple)
-        }
-        self.scheduler.commit(plan, next_tokens)
+        next_tokens: dict[int, int | None] = {}
+        n_accepted: dict[int, int] = {}
+        for seq, result in sampled.items():
+            if isinstance(result, list):
+                next_tokens[seq] = result[-1][0]
+                n_accepted[seq] = len(result) - 1  # the tokens before the last were drafts
+        for slot, position in self.scheduler.commit(plan, next_tokens, n_accepted):
+            self.context.seq_rm(slot.seq_id, position, -1)  # rejected drafts
         for entry in plan.entries:
             if not entry.wants_logits:
                 continue
@@ -477,14 +593,23 @@ class Runner:
             if isinstance(result, BaseException):
                 self._fail_one(slot, result)
                 continue
-            token, logprob = result
+            if entry.n_draft:
+                draft = entry.tokens[len(entry.tokens) - entry.n_draft :]
+                n_matched = matched_prefix([token for token, _ in result], draft)
+                self.n_drafted += entry.n_draft
+                self.n_accepted += n_matched
+                if gen.speculation is not None:
+                    gen.speculation.record(entry.n_draft, n_matched)
             if not gen.generated and gen.t_prompt_end == 0:
                 gen.t_prompt_end = now
-            try:
-                self._on_token(slot, gen, token, logprob)
-            except Exception as exc:  # noqa: BLE001 - detokenising or stop matching failed
-                if not gen.done:
-                    self._fail_one(slot, exc)
+            for token, logprob in result:
+                try:
+                    self._on_token(slot, gen, token, logprob)
+                except Exception as exc:  # noqa: BLE001 - detokenising or stop matching failed
+                    if not gen.done:
+                        self._fail_one(slot, exc)
+                if gen.done:
+                    break  # a stop string, num_predict or an end: later tokens are dropped
 
     def _on_token(
         self, slot: Slot, gen: Generation, token: int, logprob: TokenLogprob | None

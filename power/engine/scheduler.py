@@ -68,10 +68,14 @@ class Admission:
 
 @attrs.frozen
 class PlanEntry:
+    """Tokens of one slot for one decode. A generating slot's entry is its next token followed
+    by `n_draft` draft tokens (speculative decoding), with logits for each of them."""
+
     slot: Slot
     tokens: list[int]
     start_pos: int
     wants_logits: bool
+    n_draft: int = 0
 
 
 @attrs.frozen
@@ -222,14 +226,18 @@ class Scheduler:
         return shifts, full
 
     # ------------------------------------------------------------------ planning
-    def plan(self) -> StepPlan:
-        """One token for every generating slot, then prompt chunks round-robin up to n_batch."""
+    def plan(self, drafts: dict[int, list[int]] | None = None) -> StepPlan:
+        """One token for every generating slot, then prompt chunks round-robin up to n_batch,
+        then draft tokens (`drafts[seq_id]`, speculative decoding) in the room left, handed
+        out one token per slot in turn so that every drafting slot gets its share."""
         plan = StepPlan()
         budget = self.n_batch
+        generating: list[PlanEntry] = []
         for slot in self.slots:
             if slot.state is SlotState.GENERATING and slot.next_token is not None:
-                plan.entries.append(PlanEntry(slot, [slot.next_token], slot.n_past, True))
+                generating.append(PlanEntry(slot, [slot.next_token], slot.n_past, True))
                 budget -= 1
+        plan.entries.extend(generating)
         prompting = [
             s
             for s in self.slots
@@ -250,7 +258,44 @@ class Scheduler:
                 last = n == len(slot.pending)
                 plan.entries.append(PlanEntry(slot, chunk, slot.n_past, last))
                 budget -= n
+        if drafts and budget > 0:
+            self._add_drafts(plan, generating, drafts, budget)
         return plan
+
+    def _add_drafts(
+        self,
+        plan: StepPlan,
+        generating: list[PlanEntry],
+        drafts: dict[int, list[int]],
+        budget: int,
+    ) -> None:
+        """Give each generating entry up to its draft's length, one token per slot in turn,
+        within `budget` and the slot's room in the context."""
+        wanted = {}
+        for entry in generating:
+            draft = drafts.get(entry.slot.seq_id)
+            room = self.n_ctx_seq - entry.slot.n_past - 1
+            if draft and room > 0:
+                wanted[entry.slot.seq_id] = draft[:room]
+        granted = dict.fromkeys(wanted, 0)
+        if not wanted:
+            return
+        k = self._rotate % len(wanted)
+        order = list(wanted)[k:] + list(wanted)[:k]
+        while budget > 0:
+            progress = False
+            for seq in order:
+                if budget > 0 and granted[seq] < len(wanted[seq]):
+                    granted[seq] += 1
+                    budget -= 1
+                    progress = True
+            if not progress:
+                break
+        for i, entry in enumerate(generating):  # the plan's first entries, in this order
+            n = granted.get(entry.slot.seq_id, 0)
+            if n:
+                tokens = entry.tokens + list(wanted[entry.slot.seq_id][:n])
+                plan.entries[i] = PlanEntry(entry.slot, tokens, entry.start_pos, True, n)
 
     def plan_image(self) -> StepPlan | None:
         """One image that a prompting slot has reached (its next pending entries), alone in a
@@ -268,18 +313,34 @@ class Scheduler:
         last = n == len(slot.pending)
         return StepPlan([PlanEntry(slot, slot.pending[:n], slot.n_past, last)])
 
-    def commit(self, plan: StepPlan, sampled: dict[int, int | None]) -> None:
+    def commit(
+        self,
+        plan: StepPlan,
+        sampled: dict[int, int | None],
+        n_accepted: dict[int, int] | None = None,
+    ) -> list[tuple[Slot, int]]:
         """Record what a decoded plan stored. `sampled[seq_id]` is the next token of each slot
-        whose logits came out (None when its request has finished and needs no more tokens)."""
+        whose logits came out (None when its request has finished and needs no more tokens);
+        `n_accepted[seq_id]` how many of an entry's draft tokens were accepted (all when not
+        given). Returns (slot, position) for each slot whose cells from that position on hold
+        rejected drafts: the caller removes them (`seq_rm(seq, position, -1)`)."""
+        rejected: list[tuple[Slot, int]] = []
         for entry in plan.entries:
             slot = entry.slot
-            slot.cached.extend(entry.tokens)
+            tokens = entry.tokens
+            if entry.n_draft:
+                keep = 1 + min(entry.n_draft, (n_accepted or {}).get(slot.seq_id, entry.n_draft))
+                if keep < len(tokens):
+                    tokens = tokens[:keep]
+                    rejected.append((slot, entry.start_pos + keep))
+            slot.cached.extend(tokens)
             if slot.state is SlotState.PROMPT:
                 del slot.pending[: len(entry.tokens)]
                 if entry.wants_logits:
                     slot.state = SlotState.GENERATING
             if entry.wants_logits:
                 slot.next_token = sampled.get(slot.seq_id)
+        return rejected
 
     def release(self, slot: Slot) -> None:
         """The slot's request is over; its cells stay cached for the next similar prompt.

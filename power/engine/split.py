@@ -250,7 +250,7 @@ class SplitContext:
             positions[i : i + k] = np.arange(entry.start_pos, entry.start_pos + k)
             seqs[i : i + k] = entry.seq_id
             if entry.wants_logits and k:
-                flags[i + k - 1] = 1
+                flags[i + k - max(1, min(entry.n_logits, k)) : i + k] = 1
             i += k
         wanted = np.flatnonzero(flags).tolist()
         if len(wanted) > self._rows:

@@ -132,7 +132,15 @@ def load_spec(state: ServerState, ref: ModelRef, options: Options) -> LoadSpec:
         flash_attention=state.settings.flash_attention,
     )
     return attrs.evolve(
-        spec, rpc_servers=state.settings.rpc_servers, tensor_split=state.settings.tensor_split
+        spec,
+        rpc_servers=state.settings.rpc_servers,
+        tensor_split=state.settings.tensor_split,
+        speculative=state.settings.speculative,
+        draft_path=(
+            str(ref.resolved.draft_path)
+            if ref.resolved.draft_path is not None and state.settings.speculative
+            else None
+        ),
     )
 
 
