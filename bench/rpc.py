@@ -20,7 +20,6 @@ the RPC hops and the plain kernels cost. About two minutes on an idle 2-core mac
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import socket
@@ -31,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import attrs
 import trio
@@ -106,7 +106,7 @@ async def measure(model: LoadedModel, prompt: str, n_tokens: int) -> tuple[float
     return prompt_rate, final.eval_count / (final.eval_duration / 1e9), "".join(parts)
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: SimpleNamespace) -> None:
     gguf = test_models.gemma()
     spec = LoadSpec.from_options(
         gguf, Options(num_ctx=NUM_CTX, num_thread=args.threads), num_parallel=1
@@ -171,13 +171,29 @@ async def run(args: argparse.Namespace) -> None:
             print(f"greedy text of {label} equals {reference}: {agree}/{args.rounds} prompts")
 
 
+USAGE = """Usage:
+  rpc.py [--rounds N] [--tokens N] [--threads N] [--worker-threads N]
+
+Options:
+  --rounds N          interleaved rounds [default: 5]
+  --tokens N          tokens generated per measure [default: 64]
+  --threads N         power's threads [default: CORES]
+  --worker-threads N  each RPC worker's threads [default: CORES]
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--worker-threads", type=int, default=os.cpu_count() or 1)
-    trio.run(run, parser.parse_args(argv))
+    from docopt import docopt
+
+    cores = str(os.cpu_count() or 1)
+    opts = docopt(USAGE, argv)
+    args = SimpleNamespace(
+        **{
+            key.lstrip("-").replace("-", "_"): int(cores if value == "CORES" else value)
+            for key, value in opts.items()
+        }
+    )
+    trio.run(run, args)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Every figure ends in a `SUMMARY` line for `grep SUMMARY`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
@@ -36,6 +35,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import attrs
 import trio
@@ -214,7 +214,7 @@ async def compare(
     )
 
 
-async def bench_model(args: argparse.Namespace, name: str, *, draft: bool = False) -> None:
+async def bench_model(args: SimpleNamespace, name: str, *, draft: bool = False) -> None:
     """Every task and stream count on `name`; with `draft`, the model is its own DRAFT model
     (the edit task only)."""
     path = MODELS_DIR / MODEL_FILES[name]
@@ -241,17 +241,36 @@ async def bench_model(args: argparse.Namespace, name: str, *, draft: bool = Fals
         loaded.close()
 
 
+USAGE = """Usage:
+  speculative.py [--models LIST] [--tasks LIST] [--streams LIST] [--tokens N] [--repeats N]
+                 [--threads N] [--num-ctx N] [--draft LIST]
+
+Options:
+  --models LIST   test models to run [default: gemma,qwen]
+  --tasks LIST    edit, free [default: edit,free]
+  --streams LIST  concurrent streams [default: 1,8]
+  --tokens N      tokens per stream [default: 400]
+  --repeats N     runs per side, best kept [default: 2]
+  --threads N     llama.cpp threads [default: 2]
+  --num-ctx N     context per sequence [default: 2048]
+  --draft LIST    models also run as their own DRAFT ("" for none) [default: gemma]
+"""
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="gemma,qwen")
-    parser.add_argument("--tasks", default="edit,free")
-    parser.add_argument("--streams", default="1,8")
-    parser.add_argument("--tokens", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--num-ctx", type=int, default=2048)
-    parser.add_argument("--draft", default="gemma", help="models also run as their own DRAFT")
-    args = parser.parse_args()
+    from docopt import docopt
+
+    opts = docopt(USAGE)
+    args = SimpleNamespace(
+        models=opts["--models"],
+        tasks=opts["--tasks"],
+        streams=opts["--streams"],
+        tokens=int(opts["--tokens"]),
+        repeats=int(opts["--repeats"]),
+        threads=int(opts["--threads"]),
+        num_ctx=int(opts["--num-ctx"]),
+        draft=opts["--draft"],
+    )
     print(f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads", flush=True)
     for name in args.models.split(","):
         trio.run(bench_model, args, name)
