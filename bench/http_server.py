@@ -445,7 +445,11 @@ async def start_server(
 
 async def bench(args: Args, store_root: Path) -> Results:
     sizes, n_tokens = args.sizes, args.tokens
-    env = {"POWER_NUM_PARALLEL": str(max(sizes)), "POWER_NUM_THREAD": str(args.threads)}
+    env = {
+        "POWER_NUM_PARALLEL": str(max(sizes)),
+        "POWER_NUM_THREAD": str(args.threads),
+        "POWER_SPECULATIVE": "1" if args.speculative else "0",
+    }
     results: Results = {}
     limits = httpx.Limits(max_connections=max(sizes) + 4, max_keepalive_connections=max(sizes))
     timeout = httpx.Timeout(300.0)
@@ -578,6 +582,9 @@ Options:
   --routes LIST    openai (/v1/completions), native (/api/generate) [default: openai,native]
   --baseline PATH  also run a server from another checkout (e.g. a `git worktree` of an
                    older commit), each round beside this one's, to compare in the same run
+  --speculative    leave speculative decoding on in the server (its default); without it the
+                   server runs with POWER_SPECULATIVE=0, so that it decodes exactly what the
+                   bare loop decodes and the ratio is the cost of the HTTP path alone
   --quick          fewer sizes, tokens and runs
   -h --help        show this
 """
@@ -593,6 +600,7 @@ class Args:
     routes: list[str]
     quick: bool
     baseline: Path | None = None
+    speculative: bool = False
 
 
 def parse_args(argv: list[str] | None) -> Args:
@@ -613,6 +621,7 @@ def parse_args(argv: list[str] | None) -> Args:
         routes=routes,
         quick=quick,
         baseline=Path(values["--baseline"]).resolve() if values["--baseline"] else None,
+        speculative=bool(values["--speculative"]),
     )
 
 
@@ -623,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     print_machine(args.model, args.threads)
     print(
         f"power serve: POWER_NUM_PARALLEL={max(args.sizes)}, POWER_NUM_THREAD={args.threads}, "
+        f"POWER_SPECULATIVE={int(args.speculative)}, "
         f"num_ctx {NUM_CTX} per sequence; {args.tokens} tokens per stream, greedy; "
         f"routes {', '.join(ROUTE_LABELS[r] for r in args.routes)}",
         flush=True,
