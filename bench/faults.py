@@ -156,7 +156,7 @@ def alive(pid: int) -> bool:
 @contextlib.contextmanager
 def own_server(env: dict[str, str]):
     """A `power serve` with a temporary store holding gemma; yields (url, pid)."""
-    from http_server import server_pid  # bench/http_server.py: finds the serve child
+    from http_server import server_pids  # bench/http_server.py: finds the serve children
 
     from conftest import GEMMA_CHAT_TEMPLATE, run_power_server
     from power.registry.models import import_gguf
@@ -175,7 +175,7 @@ def own_server(env: dict[str, str]):
             parameters={"stop": ["<end_of_turn>"], "num_ctx": 1024},
         )
         with run_power_server(store_root, env) as url:
-            pid = server_pid()
+            pid = next(iter(server_pids()), None)
             assert pid is not None, "could not find the power serve process"
             yield url, pid
 
