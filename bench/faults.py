@@ -32,6 +32,7 @@ server against the start, and whether the server is still alive.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -259,7 +260,11 @@ async def stream_dropped(client: httpx.AsyncClient, rng: random.Random, where: s
     return "finished"
 
 
-async def phase_dropped(url: str, n_streams: int, rng: random.Random) -> dict[str, int]:
+async def phase_dropped(
+    url: str, n_streams: int, rng: random.Random, pid: int
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Streams dropped at random points, then clients dropped during three cold loads;
+    (outcomes, the server's /proc status right after the streams, before the reloads)."""
     outcomes: dict[str, int] = {}
     limiter = trio.CapacityLimiter(8)
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
@@ -275,6 +280,8 @@ async def phase_dropped(url: str, n_streams: int, rng: random.Random) -> dict[st
         async with trio.open_nursery() as nursery:
             for i in range(n_streams):
                 nursery.start_soon(one, "before-first-byte" if i % 3 == 0 else "mid-stream")
+        await settle(client)
+        after_streams = proc_status(pid)
         # during a cold load: unload, then drop clients 50, 200 and 500 ms into the load
         for delay in (0.05, 0.2, 0.5):
             await client.post("/api/generate", json={"model": MODEL, "keep_alive": 0})
@@ -296,7 +303,7 @@ async def phase_dropped(url: str, n_streams: int, rng: random.Random) -> dict[st
                 what = f"{type(exc).__name__} (the model is wedged)"
             key = f"after drop {int(delay * 1000)} ms into a load: {what}"
             outcomes[key] = outcomes.get(key, 0) + 1
-    return outcomes
+    return outcomes, after_streams
 
 
 async def phase_hostile(url: str, pid: int) -> tuple[dict[str, int], list[str], int]:
@@ -511,23 +518,40 @@ async def run(url: str, pid: int, args: dict) -> None:
     n_idle = int(args["--idle"]) if not quick else min(500, int(args["--idle"]))
     prober = Prober(url)
     async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-        await client.post(
-            "/api/generate",
-            json={"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}},
-        )
+        # warm up with as many sequences as the phases run at once (the first batches of
+        # several sequences allocate llama.cpp's larger compute buffers: not a leak)
+        async with trio.open_nursery() as warm:
+            for i in range(8):
+                warm.start_soon(
+                    functools.partial(
+                        client.post,
+                        "/api/generate",
+                        json={
+                            "model": MODEL,
+                            "prompt": f"{PROMPT} {i}",
+                            "stream": False,
+                            "options": {"num_predict": 16},
+                        },
+                    )
+                )
         start = proc_status(pid)
         print(f"server pid {pid}: {start}", flush=True)
 
         async def dropped() -> None:
-            outcomes = await phase_dropped(url, n_streams, rng)
+            outcomes, after_streams = await phase_dropped(url, n_streams, rng, pid)
             active = await settle(client)
             after = proc_status(pid)
             print(f"dropped streams: {outcomes}", flush=True)
             summary("dropped_streams_active_after", active, f"{n_streams} streams dropped")
             summary(
                 "dropped_streams_rss_growth_pct",
-                round(100 * (after["rss"] - start["rss"]) / max(1, start["rss"]), 1),
-                f"{start['rss'] >> 20} -> {after['rss'] >> 20} MiB",
+                round(100 * (after_streams["rss"] - start["rss"]) / max(1, start["rss"]), 1),
+                f"{start['rss'] >> 20} -> {after_streams['rss'] >> 20} MiB after the streams",
+            )
+            summary(
+                "dropped_in_loads_rss_growth_pct",
+                round(100 * (after["rss"] - after_streams["rss"]) / max(1, start["rss"]), 1),
+                f"{after_streams['rss'] >> 20} -> {after['rss'] >> 20} MiB over three reloads",
             )
 
         async def hostile() -> None:
