@@ -31,10 +31,11 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 import trio
@@ -372,3 +373,16 @@ class Worker:
             else:
                 await trio.lowlevel.checkpoint()
         return fn(*args)
+
+
+@contextlib.asynccontextmanager
+async def running(loaded) -> AsyncIterator:
+    """Run `loaded`'s step loop (a `LoadedModel` on this backend) for the block, then stop it
+    and free the model, as the model manager does."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(loaded.run)
+            yield loaded
+            nursery.cancel_scope.cancel()
+    finally:
+        loaded.close()

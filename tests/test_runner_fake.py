@@ -34,6 +34,7 @@ from tests.fake_backend import (
     Worker,
     counting,
     nan_on_poison,
+    running,
 )
 
 GREEDY = dict(temperature=0.0, repeat_penalty=1.0)
@@ -58,13 +59,8 @@ async def fake_model(
     loaded = await LoadedModel.open(spec, backend=backend, run_sync=worker)
     loaded.worker = worker
     loaded.fake = backend.opened[-1][2]
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(loaded.run)
-            yield loaded
-            nursery.cancel_scope.cancel()
-    finally:
-        loaded.close()
+    async with running(loaded):
+        yield loaded
 
 
 def submit(model: LoadedModel, p: GenerationParams) -> Generation:

@@ -25,7 +25,7 @@ from power.engine.multimodal import (
 from power.engine.scheduler import Scheduler, SlotState
 from power.engine.types import EngineError, GenerationParams
 from power.options import Options
-from tests.fake_backend import BOS, FakeBackend, Worker
+from tests.fake_backend import BOS, FakeBackend, Worker, running
 from tests.test_runner_fake import read_all
 
 GREEDY = dict(temperature=0.0, repeat_penalty=1.0)
@@ -48,13 +48,8 @@ async def vision_model(*, n_slots: int = 4, num_ctx: int = 64, num_batch: int = 
     loaded.worker = worker
     loaded.fake = backend.opened[-1][2]
     loaded.projector_fake = backend.projector
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(loaded.run)
-            yield loaded
-            nursery.cancel_scope.cancel()
-    finally:
-        loaded.close()
+    async with running(loaded):
+        yield loaded
     assert backend.projector.closed
 
 

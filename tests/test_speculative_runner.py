@@ -16,7 +16,7 @@ from power.engine.model import LoadedModel
 from power.engine.sampling import SequenceSampler
 from power.engine.types import EngineError, GenerationParams
 from power.options import Options
-from tests.fake_backend import BOS, EOG, N_VOCAB, FakeBackend, Worker, counting
+from tests.fake_backend import BOS, EOG, N_VOCAB, FakeBackend, Worker, counting, running
 
 PERIOD = 6
 #: A fake decode costs nothing: a draft token's cost is what the test says (among 8 sequences,
@@ -82,13 +82,8 @@ async def fake_model(script, *, speculative=True, n_slots=8, num_ctx=256, num_ba
     loaded = await LoadedModel.open(spec, backend=backend, run_sync=Worker())
     loaded.fake = backend.opened[-1][2]
     loaded.runner.token_cost = TOKEN_COST
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(loaded.run)
-            yield loaded
-            nursery.cancel_scope.cancel()
-    finally:
-        loaded.close()
+    async with running(loaded):
+        yield loaded
 
 
 async def read_all(gen):
@@ -264,13 +259,8 @@ async def drafted_model(script, draft_path="fake", **extra):
     loaded.fake = backend.opened[0][2]
     loaded.runner.token_cost = TOKEN_COST
     loaded.draft_fake = backend.opened[1][2]
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(loaded.run)
-            yield loaded
-            nursery.cancel_scope.cancel()
-    finally:
-        loaded.close()
+    async with running(loaded):
+        yield loaded
     assert loaded.draft_fake.closed
 
 
