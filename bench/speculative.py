@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import PROMPTS, print_summary  # noqa: E402
 from power.engine.loadspec import LoadSpec  # noqa: E402
 from power.engine.model import LoadedModel  # noqa: E402
+from power.engine.speculative import DEFAULT_MAX_DRAFT  # noqa: E402
 from power.engine.types import GenerationParams  # noqa: E402
 from power.options import Options  # noqa: E402
 
@@ -191,7 +192,7 @@ async def compare(
     for _ in range(repeats):
         for on in (False, True):
             seconds, n, outputs, (d, a) = await run_streams(
-                loaded, prompts, n_tokens, 8 if on else 0
+                loaded, prompts, n_tokens, DEFAULT_MAX_DRAFT if on else 0
             )
             best[on] = max(best[on], n / seconds)
             outs[on] = outputs

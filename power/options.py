@@ -94,7 +94,7 @@ class Options:
     stop: list[str] = attrs.field(factory=list)
     #: speculative decoding: the most draft tokens verified per step (prompt lookup, or the
     #: model's DRAFT model); 0 turns speculation off for the request
-    draft_num_predict: int = 8
+    draft_num_predict: int = 32
     # load-time
     num_ctx: int = 4096
     num_batch: int = 512

@@ -58,6 +58,29 @@ def test_prompt_lookup_indexes_generated_tokens_as_they_come():
     assert lookup.propose(prompt, [20, 21, 22, 23], limit=0) == []
 
 
+def test_while_not_drafting_the_lookup_still_guesses_and_the_estimate_follows_the_text():
+    policy = DraftPolicy(max_draft=8, prior=0.6, retry_after=1000)
+    lookup = PromptLookup(policy)
+    prompt = list(range(100, 140))  # the output will copy this
+    for _ in range(8):
+        policy.record(4, 0)  # drafts kept failing: the policy drafts nothing
+    assert policy.best_k(0.3) == 0
+    generated = [100, 101]
+    steps_until_drafting = 0
+    while not lookup.propose(prompt, generated, limit=8, cost=0.3):
+        generated.append(generated[-1] + 1)  # the copy goes on, one plain token a step
+        steps_until_drafting += 1
+    assert steps_until_drafting < 15  # long before the probe (retry_after) would have come
+    assert policy.n_drafted == 32 and policy.n_accepted == 0  # guesses are not counted
+    # a wrong guess lowers the estimate as a rejected draft does
+    before = policy.acceptance
+    expensive = 100.0  # no draft pays: the lookup only guesses
+    generated.append(generated[-1] + 1)
+    assert lookup.propose(prompt, generated, limit=8, cost=expensive) == []  # guesses the next
+    assert lookup.propose(prompt, [*generated, 999], limit=8, cost=expensive) == []
+    assert policy.acceptance < before
+
+
 # ---------------------------------------------------------------- verification
 
 
@@ -291,30 +314,72 @@ def test_a_draft_token_costs_more_among_many_sequences():
     assert best_draft_length(0.6, 8, among_8) == 0
 
 
-def test_step_costs_fit_the_cost_of_a_token_and_fall_back_to_the_prior():
+def test_step_costs_follow_the_prior_until_measured_then_a_line_past_one_token():
     from power.engine.speculative import StepCosts
 
-    costs = StepCosts(prior=0.5)
-    for _ in range(3):
-        for n in range(1, 10):
-            costs.observe(n, 0.010 + 0.004 * n)
-    assert math.isclose(costs.ratio(), 0.4, rel_tol=1e-6)
-    flat = StepCosts(prior=0.5)
-    for _ in range(20):
-        flat.observe(8, 0.04)  # no drafts: n never varies, the slope is unknown
-    assert flat.ratio() == 0.5
-    noisy = StepCosts(prior=0.5)
-    for n in range(1, 20):
-        noisy.observe(n, 0.05 - 0.001 * n)  # more tokens, less time: implausible
-    assert noisy.ratio() == 0.5
-    assert StepCosts(prior=0.7).ratio() == 0.7
+    costs = StepCosts(prior=0.3)
+    assert math.isclose(costs.seconds(1), 1.0) and math.isclose(costs.seconds(11), 4.0)
+    costs.observe(1, 0.020)
+    assert math.isclose(costs.seconds(11), 0.080)  # the prior's shape from the one measured
+    costs.observe(2, 0.048)  # the second token costs as much as the first (a CPU)
+    assert math.isclose(costs.seconds(1), 0.020) and math.isclose(costs.seconds(2), 0.048)
+    assert math.isclose(costs.seconds(12), 0.048 * (1 + 0.3 * 11) / 1.3)
+    for _ in range(4):
+        for n in range(2, 17, 2):
+            costs.observe(n, 0.040 + 0.006 * n)  # then 6 ms a token
+    assert math.isclose(costs.seconds(1), 0.020)
+    assert math.isclose(costs.seconds(30), 0.040 + 0.006 * 30, rel_tol=0.02)
+    costs.observe(11, 0.5)  # one wild step moves the line, not just its own size
+    assert costs.seconds(11) < 0.2 and costs.seconds(9) > 0.040 + 0.006 * 9
+
+
+def test_step_cost_estimates_never_fall_as_the_batch_grows():
+    from power.engine.speculative import StepCosts
+
+    noisy = StepCosts()
+    noisy.observe(1, 0.030)
+    noisy.observe(3, 0.020)  # a fast moment: must not make drafts look cheaper than none
+    noisy.observe(5, 0.010)
+    assert min(noisy.seconds(n) for n in range(2, 9)) >= noisy.seconds(1)
+    noisy.observe(0, 1.0)
+    noisy.observe(5, float("nan"))
+    assert sorted(noisy._seconds) == [1, 3, 5]
+
+
+def test_drafts_are_long_where_batches_are_cheap_and_short_where_they_are_not():
+    from power.engine.speculative import StepCosts
+
+    gpu, cpu = StepCosts(), StepCosts()
+    for n in range(1, 18):
+        gpu.observe(n, 0.010 + 0.0001 * n)  # sixteen tokens cost about as much as one
+    for n, seconds in {1: 0.023, 2: 0.048, 4: 0.061, 8: 0.098, 16: 0.145}.items():
+        cpu.observe(n, seconds)
+    assert best_draft_length(0.95, 16, gpu.draft_costs(1, 1)) == 16
+    alone = cpu.draft_costs(1, 1)
+    assert alone(1) > 2.0  # one draft doubles the step here
+    assert best_draft_length(0.8, 16, alone) == 4
+    assert best_draft_length(0.97, 16, alone) == 16
+    # among eight sequences a draft token's cost is set against an eighth of the step
+    for n in range(8, 25):
+        cpu.observe(n, 0.060 + 0.006 * n)
+    among_8, alone = cpu.draft_costs(8, 8), cpu.draft_costs(1, 1)
+    for a in (0.9, 0.95, 0.99):
+        assert best_draft_length(a, 16, among_8) < best_draft_length(a, 16, alone)
+    assert best_draft_length(0.5, 16, among_8) == 0
+
+
+def test_a_fixed_token_cost_is_the_linear_model():
+    from power.engine.speculative import LinearCosts, step_draft_cost
+
+    cost = LinearCosts(0.5).draft_costs(8, 8)
+    assert math.isclose(cost(3), 1 + 3 * step_draft_cost(8, 0.5))
 
 
 def test_the_option_and_the_setting(monkeypatch):
     from power.config import Settings
     from power.options import OptionError
 
-    assert Options().draft_num_predict == 8
+    assert Options().draft_num_predict == 32
     assert Options().updated({"draft_num_predict": "4"}).draft_num_predict == 4
     with pytest.raises(OptionError, match="draft_num_predict"):
         Options().updated({"draft_num_predict": 65})

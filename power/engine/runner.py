@@ -60,10 +60,10 @@ from power.engine.scheduler import Admission, Scheduler, Slot, SlotState, StepPl
 from power.engine.slotcache import SlotPersistence, supports_state
 from power.engine.speculative import (
     DraftPolicy,
+    LinearCosts,
     PromptLookup,
     StepCosts,
     matched_prefix,
-    step_draft_cost,
     verify,
 )
 from power.engine.types import (
@@ -112,13 +112,14 @@ class Runner:
         """`speculative`: speculative decoding (see `power.engine.speculative`) for requests
         whose `draft_num_predict` is above 0, with drafts from `drafter` (a DRAFT model) when
         given, else from prompt lookup; `token_cost`: what one more token in a batch costs
-        relative to a step's fixed part (`power.engine.speculative.step_draft_cost`), for the
-        adaptive draft length; None: measured on the generation steps (`StepCosts`)."""
+        relative to a step's fixed part (`power.engine.speculative.LinearCosts`), for the
+        adaptive draft length; None: step times measured by batch size on the generation steps
+        (`power.engine.speculative.StepCosts`)."""
         self.model = model
         self.drafter = drafter
         self.speculative = speculative
+        self.step_costs: StepCosts | LinearCosts = StepCosts()
         self.token_cost = token_cost
-        self.step_costs = StepCosts()
         #: draft tokens verified and accepted, over the runner's life (for metrics and benches)
         self.n_drafted = 0
         self.n_accepted = 0
@@ -150,6 +151,16 @@ class Runner:
             )
 
     # ------------------------------------------------------------------ public, any task
+    @property
+    def token_cost(self) -> float | None:
+        """A fixed cost of one more token in a step (`LinearCosts`), or None: measured."""
+        costs = self.step_costs
+        return costs.token_cost if isinstance(costs, LinearCosts) else None
+
+    @token_cost.setter
+    def token_cost(self, value: float | None) -> None:
+        self.step_costs = StepCosts() if value is None else LinearCosts(value)
+
     @property
     def n_waiting(self) -> int:
         return len(self.scheduler.waiting)
@@ -196,9 +207,7 @@ class Runner:
         generation = Generation(params, sampler, truncated, prompt)
         max_draft = params.options.draft_num_predict
         if self.speculative and max_draft > 0:
-            generation.speculation = PromptLookup(
-                DraftPolicy(max_draft=max_draft, cost=step_draft_cost(1, self._token_cost()))
-            )
+            generation.speculation = PromptLookup(DraftPolicy(max_draft=max_draft))
         # repeat penalties look back into the prompt, as llama.cpp does (text only)
         sampler.observe(text_tokens(prompt) if params.images else prompt)
         self.scheduler.submit(generation)
@@ -395,7 +404,7 @@ class Runner:
             for s in self.scheduler.slots
             if s.state is SlotState.GENERATING and s.next_token is not None
         )
-        cost = step_draft_cost(n_generating, self._token_cost())
+        n_tokens = n_generating  # the step's tokens so far: a next token each, then drafts
         for slot in self.scheduler.slots:
             gen: Generation | None = slot.request
             if (
@@ -410,15 +419,18 @@ class Runner:
             limit = self.n_ctx_seq - slot.n_past - 1
             if num_predict >= 0:  # drafts past num_predict would be dropped anyway
                 limit = min(limit, num_predict - len(gen.generated) - 1)
+            cost = self.step_costs.draft_costs(n_generating, n_tokens)
             if self.drafter is not None:
                 k = min(gen.speculation.policy.next_k(cost), limit)
                 if k > 0 and not gen.params.images:
                     requests.append(DraftRequest(slot.seq_id, [*slot.cached, slot.next_token], k))
+                    n_tokens += k
                 continue
             prompt = text_tokens(gen.prompt) if gen.params.images else gen.prompt
             draft = gen.speculation.propose(prompt, gen.generated, limit, cost)
             if draft:
                 drafts[slot.seq_id] = draft
+                n_tokens += len(draft)
         if requests and self.drafter is not None:
             try:
                 proposed = await self.run_sync(self.drafter.propose, requests, limiter=self.limiter)
@@ -427,9 +439,6 @@ class Runner:
                 return {}
             drafts.update({seq: draft for seq, draft in proposed.items() if draft})
         return drafts
-
-    def _token_cost(self) -> float:
-        return self.step_costs.ratio() if self.token_cost is None else self.token_cost
 
     # ------------------------------------------------------------------ the worker thread
     def _execute(self, plan: StepPlan) -> tuple[Sampled, Rows]:

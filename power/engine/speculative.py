@@ -35,11 +35,14 @@ state see accepted tokens only.
 Adaptive draft length (`DraftPolicy`): each sequence keeps an estimate of the probability that a
 draft token is accepted given the previous one was (a moving average over the draft tokens it
 has verified: the accepted ones and the first rejected one of each step), and drafts the k that
-maximises expected tokens per unit of step cost, `(1 - a^(k+1)) / (1 - a) / (1 + c k)`, where c
-is what one draft token costs relative to a plain step (`step_draft_cost`, from the cost of a
-token that `StepCosts` measures on the runner's own steps). When the estimate falls so low that
-k = 0, the sequence stops drafting and probes again with one draft token every
-`retry_after` steps. No trio, no numpy beyond what sampling uses, no ctypes: tested with
+maximises expected tokens per unit of step cost, `(1 - a^(k+1)) / (1 - a) / cost(k)`, where
+`cost(k)` is what the step costs the sequence with k drafts relative to its share of a plain
+step (`draft_costs`, from the step times by batch size that `StepCosts` measures on the runner's
+own steps: on a GPU a batch of 16 tokens costs about as much as one, so drafts are long; on a
+small CPU the second token of a batch can cost as much as the first, and only long, nearly
+certain drafts pay). When the estimate falls so low that k = 0, the sequence stops drafting and
+probes again with one draft token every `retry_after` steps. No trio, no numpy beyond what
+sampling uses, no ctypes: tested with
 hand-made logits.
 """
 
@@ -55,7 +58,7 @@ from power.engine import truncation
 #: n-gram sizes tried, longest first.
 NGRAM_SIZES = (3, 2)
 #: The default most draft tokens per step (the `draft_num_predict` option).
-DEFAULT_MAX_DRAFT = 8
+DEFAULT_MAX_DRAFT = 32
 
 
 class NgramIndex:
@@ -166,14 +169,14 @@ class DraftPolicy:
         if self.acceptance is None:
             self.acceptance = self.prior
 
-    def best_k(self, cost: float | None = None) -> int:
+    def best_k(self, cost: DraftCost | None = None) -> int:
         """The draft length that maximises expected tokens per cost at the current estimate
         (`cost`: this step's cost of a draft token; None: `self.cost`)."""
         return best_draft_length(
             self.acceptance, self.max_draft, self.cost if cost is None else cost
         )
 
-    def next_k(self, cost: float | None = None) -> int:
+    def next_k(self, cost: DraftCost | None = None) -> int:
         """The draft length for this step (a probe of 1 after `retry_after` idle steps)."""
         k = self.best_k(cost)
         if k > 0 or self.max_draft <= 0:
@@ -190,6 +193,13 @@ class DraftPolicy:
             return
         self.n_drafted += n_drafted
         self.n_accepted += n_accepted
+        self.observe(n_drafted, n_accepted)
+
+    def observe(self, n_drafted: int, n_accepted: int) -> None:
+        """Update the estimate only: `record` without the counts, for guesses that were not
+        verified (prompt lookup's, checked against the tokens that came while not drafting)."""
+        if n_drafted <= 0:
+            return
         a, w = self.acceptance, self.weight
         for _ in range(n_accepted):
             a += w * (1.0 - a)
@@ -211,16 +221,23 @@ def step_draft_cost(n_generating: int, token_cost: float) -> float:
     return n_r / (1.0 + n_r)
 
 
-def best_draft_length(acceptance: float, max_draft: int, cost: float) -> int:
+#: What a step with k draft tokens costs one sequence, relative to its share of a plain step
+#: (1 at k = 0): a number c for the linear `1 + c k`, or a function of k.
+DraftCost = float | Callable[[int], float]
+
+
+def best_draft_length(acceptance: float, max_draft: int, cost: DraftCost) -> int:
     """argmax over k in 0..max_draft of E[tokens per step] / step cost, where a step with k
-    drafts emits (1 - a^(k+1)) / (1 - a) tokens on average and costs 1 + cost * k."""
+    drafts emits (1 - a^(k+1)) / (1 - a) tokens on average and costs `cost(k)` (1 + cost * k
+    for a number)."""
+    relative = cost if callable(cost) else (lambda k, c=float(cost): 1.0 + c * k)
     a = min(max(acceptance, 0.0), 0.999999)
     best_k, best = 0, 1.0
     expected, power = 1.0, 1.0
     for k in range(1, max(max_draft, 0) + 1):
         power *= a
         expected += power
-        value = expected / (1.0 + cost * k)
+        value = expected / max(relative(k), 1e-9)
         if value > best + 1e-12:
             best_k, best = k, value
     return best_k
@@ -228,30 +245,43 @@ def best_draft_length(acceptance: float, max_draft: int, cost: float) -> int:
 
 class PromptLookup:
     """The draftless speculation of one sequence: an `NgramIndex` over its prompt and output
-    (built at its first proposal, then extended with what it generated) and its `DraftPolicy`."""
+    (built at its first proposal, then extended with what it generated) and its `DraftPolicy`.
+
+    A lookup costs nothing but a dict access, so while the policy drafts nothing (drafts failed,
+    or cost more than they bring) the lookup still guesses the next token, and the token that
+    comes is checked against that guess (`DraftPolicy.observe`): the estimate follows the text
+    (a copy that resumes after an edit) without paying for a verification, and drafting starts
+    again as soon as guesses come true."""
 
     def __init__(self, policy: DraftPolicy) -> None:
         self.policy = policy
         self.index: NgramIndex | None = None
         self._n_indexed = 0  # generated tokens already in the index
+        self._guess: int | None = None  # the token guessed, unverified, at the last proposal
 
     def propose(
         self,
         prompt: Sequence[int],
         generated: Sequence[int],
         limit: int,
-        cost: float | None = None,
+        cost: DraftCost | None = None,
     ) -> list[int]:
         """Draft tokens for the step after `generated` (at most `limit`; `cost` of a draft
         token this step, see `DraftPolicy.next_k`); [] for none."""
-        k = min(self.policy.next_k(cost), limit)
-        if k <= 0:
-            return []
         if self.index is None:
             self.index = NgramIndex(prompt)
         if self._n_indexed < len(generated):
+            if self._guess is not None:
+                self.policy.observe(1, int(generated[self._n_indexed] == self._guess))
             self.index.extend(generated[self._n_indexed :])
             self._n_indexed = len(generated)
+        self._guess = None
+        k = min(self.policy.next_k(cost), limit)
+        if k <= 0:
+            if limit > 0:
+                guess = self.index.propose(1)
+                self._guess = guess[0] if guess else None
+            return []
         return self.index.propose(k)
 
     def record(self, n_drafted: int, n_accepted: int) -> None:
@@ -270,39 +300,95 @@ def matched_prefix(emitted: Sequence[int], draft: Sequence[int]) -> int:
 
 @attrs.define
 class StepCosts:
-    """What one more token costs relative to a step's fixed part (`token_cost` of
-    `step_draft_cost`), measured on this machine: a least-squares fit of `seconds = t0 + t n`
-    over recent generation steps of n tokens (each sequence's next token and its drafts), with
-    exponential forgetting. Until the steps seen vary enough in n (drafts make them vary), or
-    when the fit is implausible, the answer is `prior`. Clamped to [`low`, `high`]."""
+    """The seconds a generation step takes by its number of tokens n (each generating sequence's
+    next token and its drafts), measured on this machine, observed by the runner on its own
+    steps: a moving average per n, and for every n >= 2 a least-squares line through those
+    averages (weighted by how often each was seen), so that one noisy size cannot hide the
+    sizes around it. A step of one token is kept apart: on a CPU the second token of a batch
+    can cost as much as the first (llama.cpp switches kernels), while sixteen cost only six to
+    nine times one; on a GPU sixteen cost about as much as one. Until two sizes of 2 or more
+    have been seen, the `prior` shape `1 + prior (n - 1)` stands in for the line (a modest
+    slope, so that longer drafts get tried, and measured, once acceptance is high). Estimates
+    never fall as n grows."""
 
-    prior: float = 0.5
-    decay: float = 0.98
-    low: float = 0.05
-    high: float = 4.0
-    _w: float = 0.0
-    _n: float = 0.0
-    _t: float = 0.0
-    _nn: float = 0.0
-    _nt: float = 0.0
+    prior: float = 0.3
+    weight: float = 0.25
+    #: a size's weight in the line stops growing here (recent sizes are not drowned out)
+    max_count: int = 16
+    _seconds: dict[int, float] = attrs.field(factory=dict)
+    _count: dict[int, int] = attrs.field(factory=dict)
 
     def observe(self, n_tokens: int, seconds: float) -> None:
-        d = self.decay
-        self._w = self._w * d + 1.0
-        self._n = self._n * d + n_tokens
-        self._t = self._t * d + seconds
-        self._nn = self._nn * d + n_tokens * n_tokens
-        self._nt = self._nt * d + n_tokens * seconds
+        if n_tokens <= 0 or not seconds > 0.0:
+            return
+        old = self._seconds.get(n_tokens)
+        self._seconds[n_tokens] = seconds if old is None else old + self.weight * (seconds - old)
+        self._count[n_tokens] = min(self._count.get(n_tokens, 0) + 1, self.max_count)
 
-    def ratio(self) -> float:
-        if self._w < 8.0:
-            return self.prior
-        mean_n, mean_t = self._n / self._w, self._t / self._w
-        variance = self._nn / self._w - mean_n * mean_n
-        if variance < 0.25:
-            return self.prior
-        slope = (self._nt / self._w - mean_n * mean_t) / variance
-        intercept = mean_t - slope * mean_n
-        if slope <= 0.0 or intercept <= 0.0:
-            return self.prior
-        return min(max(slope / intercept, self.low), self.high)
+    def _shape(self, n: int) -> float:
+        return 1.0 + self.prior * (n - 1)
+
+    def _line(self) -> tuple[float, float] | None:
+        """(intercept, slope) of seconds against n over the sizes >= 2 measured; None until
+        two such sizes are known, or when the fit is not increasing."""
+        points = [(n, t, self._count[n]) for n, t in self._seconds.items() if n >= 2]
+        if len(points) < 2:
+            return None
+        w = sum(c for _, _, c in points)
+        mean_n = sum(n * c for n, _, c in points) / w
+        mean_t = sum(t * c for _, t, c in points) / w
+        var = sum(c * (n - mean_n) ** 2 for n, _, c in points) / w
+        slope = sum(c * (n - mean_n) * (t - mean_t) for n, t, c in points) / w / var
+        if slope <= 0.0:
+            return None
+        return mean_t - slope * mean_n, slope
+
+    def seconds(self, n: int) -> float:
+        """The estimated seconds of a step of `n` tokens (in the prior's units, a plain step of
+        one token = 1, while nothing is measured)."""
+        n = max(n, 1)
+        one = self._seconds.get(1)
+        if n == 1 and one is not None:
+            return one
+        line = self._line()
+        if line is not None:
+            estimate = line[0] + line[1] * n
+        else:
+            known = [(size, t) for size, t in self._seconds.items() if size >= 2]
+            if known:  # one size of 2 or more: the prior's shape through it
+                size, t = max(known)
+                estimate = t * self._shape(n) / self._shape(size)
+            elif one is not None:
+                estimate = one * self._shape(n)
+            else:
+                estimate = self._shape(n)
+        if one is not None:
+            estimate = max(estimate, one)
+        return max(estimate, 1e-9)
+
+    def draft_costs(self, n_sequences: int, n_tokens: int) -> Callable[[int], float]:
+        """`cost(k)` for a sequence that adds k drafts to a step that already holds `n_tokens`
+        tokens of `n_sequences` generating sequences: (its share of the step + what the k
+        tokens add) / its share."""
+        base = self.seconds(n_tokens)
+        share = base / max(n_sequences, 1)
+
+        def cost(k: int) -> float:
+            return (share + max(self.seconds(n_tokens + k) - base, 0.0)) / share
+
+        return cost
+
+
+@attrs.define
+class LinearCosts:
+    """A fixed cost curve, `1 + token_cost n` per step of n tokens (`token_cost` as in
+    `step_draft_cost`): for tests, and for callers that know their hardware."""
+
+    token_cost: float
+
+    def observe(self, n_tokens: int, seconds: float) -> None:
+        pass
+
+    def draft_costs(self, n_sequences: int, n_tokens: int) -> Callable[[int], float]:
+        share = (1.0 + self.token_cost * n_tokens) / max(n_sequences, 1)
+        return lambda k: 1.0 + self.token_cost * k / share
