@@ -300,16 +300,16 @@ def matched_prefix(emitted: Sequence[int], draft: Sequence[int]) -> int:
 
 @attrs.define
 class StepCosts:
-    """The seconds a generation step takes by its number of tokens n (each generating sequence's
-    next token and its drafts), measured on this machine, observed by the runner on its own
-    steps: a moving average per n, and for every n >= 2 a least-squares line through those
-    averages (weighted by how often each was seen), so that one noisy size cannot hide the
-    sizes around it. A step of one token is kept apart: on a CPU the second token of a batch
-    can cost as much as the first (llama.cpp switches kernels), while sixteen cost only six to
-    nine times one; on a GPU sixteen cost about as much as one. Until two sizes of 2 or more
-    have been seen, the `prior` shape `1 + prior (n - 1)` stands in for the line (a modest
-    slope, so that longer drafts get tried, and measured, once acceptance is high). Estimates
-    never fall as n grows."""
+    """The seconds a generation step takes by its number of tokens n (each generating
+    sequence's next token and its drafts), measured on this machine, observed by the runner on
+    its own steps: a moving average per n, and for every n >= 2 a least-squares line through
+    those averages (weighted by how often each was seen), so that one noisy size cannot hide
+    the sizes around it. A step of one token is kept apart: on a CPU the second token of a
+    batch can cost as much as the first (llama.cpp switches kernels), while sixteen cost only
+    six to nine times one; on a GPU sixteen typically cost little more than one. Until two
+    sizes of 2 or more have been seen, the `prior` shape `1 + prior (n - 1)` stands in for the
+    line (a modest slope, so that longer drafts get tried, and measured, once acceptance is
+    high). Estimates never fall as n grows."""
 
     prior: float = 0.3
     weight: float = 0.25
