@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,11 @@ class ChatSession:
         self.multiline: str | None = None  # None, "prompt" or "system"
 
     def loop(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl+C stops an answer or reminds how to leave, even when this process was
+            # started with SIGINT ignored (a parent that ignores it passes that on, and Python
+            # then leaves it ignored: Ctrl+C would do nothing at all)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         while True:
             prompt = "... " if self.multiline else ">>> "
             try:
