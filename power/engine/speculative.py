@@ -38,12 +38,12 @@ has verified: the accepted ones and the first rejected one of each step), and dr
 maximises expected tokens per unit of step cost, `(1 - a^(k+1)) / (1 - a) / cost(k)`, where
 `cost(k)` is what the step costs the sequence with k drafts relative to its share of a plain
 step (`draft_costs`, from the step times by batch size that `StepCosts` measures on the runner's
-own steps: on a GPU a batch of 16 tokens costs about as much as one, so drafts are long; on a
-small CPU the second token of a batch can cost as much as the first, and only long, nearly
-certain drafts pay). When the estimate falls so low that k = 0, the sequence stops drafting and
-probes again with one draft token every `retry_after` steps. No trio, no numpy beyond what
-sampling uses, no ctypes: tested with
-hand-made logits.
+own steps: where a batch of 16 tokens costs little more than one, drafts are long; on a small
+CPU the second token of a batch can cost as much as the first, and only long, nearly certain
+drafts pay). When the estimate falls so low that k = 0, the sequence stops drafting; prompt
+lookup keeps guessing and lets the tokens that come move the estimate (`PromptLookup`), a draft
+model probes with one draft token every `retry_after` steps. No trio, no numpy beyond what
+sampling uses, no ctypes: tested with hand-made logits.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class DraftPolicy:
 
     def best_k(self, cost: DraftCost | None = None) -> int:
         """The draft length that maximises expected tokens per cost at the current estimate
-        (`cost`: this step's cost of a draft token; None: `self.cost`)."""
+        (`cost`: this step's cost of k drafts, see `DraftCost`; None: `self.cost`)."""
         return best_draft_length(
             self.acceptance, self.max_draft, self.cost if cost is None else cost
         )
@@ -317,10 +317,12 @@ class StepCosts:
     max_count: int = 16
     _seconds: dict[int, float] = attrs.field(factory=dict)
     _count: dict[int, int] = attrs.field(factory=dict)
+    _estimate: Callable[[int], float] | None = attrs.field(default=None, init=False)
 
     def observe(self, n_tokens: int, seconds: float) -> None:
         if n_tokens <= 0 or not seconds > 0.0:
             return
+        self._estimate = None
         old = self._seconds.get(n_tokens)
         self._seconds[n_tokens] = seconds if old is None else old + self.weight * (seconds - old)
         self._count[n_tokens] = min(self._count.get(n_tokens, 0) + 1, self.max_count)
@@ -346,25 +348,32 @@ class StepCosts:
     def seconds(self, n: int) -> float:
         """The estimated seconds of a step of `n` tokens (in the prior's units, a plain step of
         one token = 1, while nothing is measured)."""
-        n = max(n, 1)
+        if self._estimate is None:  # rebuilt once after each observation, not per lookup
+            self._estimate = self._estimator()
+        return self._estimate(max(n, 1))
+
+    def _estimator(self) -> Callable[[int], float]:
         one = self._seconds.get(1)
-        if n == 1 and one is not None:
-            return one
         line = self._line()
-        if line is not None:
-            estimate = line[0] + line[1] * n
-        else:
-            known = [(size, t) for size, t in self._seconds.items() if size >= 2]
-            if known:  # one size of 2 or more: the prior's shape through it
-                size, t = max(known)
-                estimate = t * self._shape(n) / self._shape(size)
+        known = [(size, t) for size, t in self._seconds.items() if size >= 2]
+        largest = max(known) if known else None
+
+        def estimate(n: int) -> float:
+            if n == 1 and one is not None:
+                return one
+            if line is not None:
+                value = line[0] + line[1] * n
+            elif largest is not None:  # one size of 2 or more: the prior's shape through it
+                value = largest[1] * self._shape(n) / self._shape(largest[0])
             elif one is not None:
-                estimate = one * self._shape(n)
+                value = one * self._shape(n)
             else:
-                estimate = self._shape(n)
-        if one is not None:
-            estimate = max(estimate, one)
-        return max(estimate, 1e-9)
+                value = self._shape(n)
+            if one is not None:
+                value = max(value, one)
+            return max(value, 1e-9)
+
+        return estimate
 
     def draft_costs(self, n_sequences: int, n_tokens: int) -> Callable[[int], float]:
         """`cost(k)` for a sequence that adds k drafts to a step that already holds `n_tokens`
