@@ -313,7 +313,13 @@ async def phase_hostile(url: str, pid: int) -> tuple[dict[str, int], list[str], 
     cut = 0
     n_timeouts = 0  # in a row: the model is wedged, and every other body would wait as long
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        bodies = [body(o, stream=False) for o in HOSTILE_OPTIONS]
+        # a bound on the length where the body sets none: without it a legitimate body (num_batch
+        # 1, say) generates until the context is full, minutes on 2 cores, and two of those in a
+        # row read as a wedged model (the timeouts below)
+        bodies = [
+            body(o if "num_predict" in o else '{"num_predict": 48, ' + o[1:], stream=False)
+            for o in HOSTILE_OPTIONS
+        ]
         bodies.append(body(OPTIONS_EXAMPLE, stream=False))
         labels = [*HOSTILE_OPTIONS, "docs/api.md all-options example"]
         for label, content in zip(labels, bodies, strict=True):
